@@ -1,0 +1,134 @@
+"""MultiGrain: one GeM embedding for classes, instances and copies."""
+
+import keras
+
+from keras_cgd.api_export import keras_cgd_export
+from keras_cgd.layers.generalized_mean_pooling import GeneralizedMeanPooling
+from keras_cgd.layers.l2_normalization import L2Normalization
+from keras_cgd.layers.margin_state import MarginState
+from keras_cgd.losses.margin import MarginLoss
+from keras_cgd.models.embedding_model import EmbeddingModel
+from keras_cgd.models.embedding_model import _check_num_classes
+
+
+@keras_cgd_export
+class MultiGrainModel(EmbeddingModel):
+    """MultiGrain (Berman et al. 2019).
+
+    images → normalisation → backbone → GeM(p) = raw embedding;
+    raw embedding → Dense → `logits`; L2(raw embedding) → `embedding`.
+    The default recipe trains `λ·CE(logits) + (1−λ)·margin(embedding)` with
+    SGD (momentum 0.9, weight decay 1e-4, β excluded) on
+    repeated-augmentation batches whose ranking labels are instance ids.
+
+    Args:
+        num_classes: int (1000 for ImageNet) or None for no classifier.
+        backbone, weights, input_shape, last_stride, freeze_bn_statistics,
+        mean, std, channel_order: as in `CGDModel` (MultiGrain keeps the
+            backbone's strides: `last_stride=None`).
+        gem_p: GeM exponent during training (3; p*=3–5 at test time).
+        trainable_p: learn p (False; p* is fine-tuned separately).
+        classification_weight: λ in [0, 1] (0.5 in the paper; 1 = CE only).
+        learning_rate: SGD learning rate (0.2 at batch 512 in the paper).
+        weight_decay: 1e-4. momentum: 0.9.
+        margin_alpha: α (0.2). beta_init: β₀ (1.2).
+        beta_lr_multiplier: β's learning-rate multiplier (1.0 as the
+            official code; the paper's Table B.1 lists 0.1).
+        seed: seed of distance-weighted sampling.
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        backbone="resnet50",
+        weights=None,
+        input_shape=(224, 224, 3),
+        gem_p=3.0,
+        trainable_p=False,
+        last_stride=None,
+        freeze_bn_statistics=False,
+        mean=None,
+        std=None,
+        channel_order=None,
+        classification_weight=0.5,
+        learning_rate=0.2,
+        weight_decay=1e-4,
+        momentum=0.9,
+        margin_alpha=0.2,
+        beta_init=1.2,
+        beta_lr_multiplier=1.0,
+        seed=None,
+        **kwargs,
+    ):
+        _check_num_classes(num_classes)
+        if not 0 <= classification_weight <= 1:
+            raise ValueError(
+                "Invalid value received for argument `classification_weight`. "
+                "Expected a float in [0, 1]. "
+                f"Received: classification_weight={classification_weight}"
+            )
+        if num_classes is None and classification_weight > 0:
+            classification_weight = 0.0
+        init_config = dict(
+            num_classes=num_classes,
+            backbone=backbone,
+            weights=None,
+            input_shape=tuple(input_shape),
+            gem_p=gem_p,
+            trainable_p=trainable_p,
+            last_stride=last_stride,
+            freeze_bn_statistics=freeze_bn_statistics,
+            mean=mean,
+            std=std,
+            channel_order=channel_order,
+            classification_weight=classification_weight,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            margin_alpha=margin_alpha,
+            beta_init=beta_init,
+            beta_lr_multiplier=beta_lr_multiplier,
+            seed=seed,
+        )
+        inputs, feature_map, normalization = self._build_trunk(
+            backbone, input_shape, weights, last_stride, freeze_bn_statistics, mean, std, channel_order
+        )
+        raw = GeneralizedMeanPooling(p=gem_p, trainable_p=trainable_p, name="gem")(feature_map)
+        embedding = L2Normalization(name="l2_normalization")(raw)
+        embedding = MarginState(beta_init=beta_init, seed=seed, name="margin_state")(embedding)
+        outputs = {
+            "embedding": keras.layers.Activation(
+                "linear", dtype="float32", name="embedding"
+            )(embedding)
+        }
+        if num_classes is not None:
+            logits = keras.layers.Dense(num_classes, name="classifier")(raw)
+            outputs["logits"] = keras.layers.Activation(
+                "linear", dtype="float32", name="logits"
+            )(logits)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self._init_config = init_config
+        self._normalization = normalization
+
+    def default_compile_arguments(self):
+        cfg = self._init_config
+        lam = cfg["classification_weight"]
+        loss = {
+            "embedding": MarginLoss(
+                alpha=cfg["margin_alpha"],
+                beta_init=cfg["beta_init"],
+                beta_lr_multiplier=cfg["beta_lr_multiplier"],
+            )
+        }
+        weights = {"embedding": 1.0 - lam}
+        metrics = None
+        if cfg["num_classes"] is not None:
+            loss["logits"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            weights["logits"] = lam
+            metrics = {"logits": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
+        optimizer = keras.optimizers.SGD(
+            learning_rate=cfg["learning_rate"],
+            momentum=cfg["momentum"],
+            weight_decay=cfg["weight_decay"] or None,
+        )
+        return optimizer, loss, weights, metrics

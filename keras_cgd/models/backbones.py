@@ -115,12 +115,12 @@ def _tiny_convnet(input_shape, last_stride, widths=(32, 64, 128, 256)):
             width, 3, strides=stride, padding="same", use_bias=False,
             name=f"stage{i + 1}_conv1",
         )(x)
-        x = keras.layers.BatchNormalization(name=f"stage{i + 1}_bn1")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"stage{i + 1}_bn1")(x)
         x = keras.layers.ReLU(name=f"stage{i + 1}_relu1")(x)
         y = keras.layers.Conv2D(
             width, 3, padding="same", use_bias=False, name=f"stage{i + 1}_conv2"
         )(x)
-        y = keras.layers.BatchNormalization(name=f"stage{i + 1}_bn2")(y)
+        y = keras.layers.BatchNormalization(momentum=0.9, name=f"stage{i + 1}_bn2")(y)
         x = keras.layers.ReLU(name=f"stage{i + 1}_out")(
             keras.layers.Add(name=f"stage{i + 1}_add")([x, y])
         )

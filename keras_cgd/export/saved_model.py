@@ -1,0 +1,346 @@
+"""Versioned, atomic SavedModel export with TF Serving signatures.
+
+TensorFlow-only module: the SavedModel is always written by the TensorFlow
+backend. A model living on another backend (JAX) is saved to `.keras` and
+exported by a subprocess started with `KERAS_BACKEND=tensorflow`; the weights
+travel through the `.keras` file, so the export is the same graph whichever
+backend trained the model.
+
+Layout written (what TensorFlow Serving reads, `reference/ecosystem.md` §5.7):
+
+    model_dir/<version>/saved_model.pb
+    model_dir/<version>/variables/...
+    model_dir/<version>/assets.extra/keras_cgd.json   (preprocessing facts)
+
+The version directory appears in one `os.rename` of a hidden temporary
+directory `model_dir/.tmp-<version>-<random>`, so a server polling `model_dir`
+never sees a half-written version (TF Serving ignores non-numeric children).
+"""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+
+METADATA_FILENAME = "keras_cgd.json"
+"""Name of the preprocessing-facts file under `<version>/assets.extra/`."""
+
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+"""Largest width × height an exported `image_bytes` signature decodes (50 MP)."""
+
+_VERSION_RE = re.compile(r"^\d+$")
+_INT64_MAX = 2**63 - 1
+
+
+def list_versions(model_dir):
+    """Sorted integer versions present in `model_dir` (numeric children only).
+
+    Args:
+        model_dir: a TF Serving model base path, e.g. `"savedmodels/cgd"`.
+
+    Returns:
+        A sorted list of ints; `[]` when `model_dir` does not exist.
+    """
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(model_dir)
+        if _VERSION_RE.match(name) and os.path.isdir(os.path.join(model_dir, name))
+    )
+
+
+def _check_version(version):
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= _INT64_MAX:
+        raise ValueError(
+            "Invalid value received for argument `version`. Expected None (next "
+            "version) or a non-negative int (TF Serving parses version directory names "
+            f"as int64). Received: version={version!r}"
+        )
+    return version
+
+
+def _check_image_size(image_size):
+    size = list(image_size) if isinstance(image_size, (list, tuple)) else None
+    if (
+        size is None
+        or len(size) != 2
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in size)
+    ):
+        raise ValueError(
+            "Invalid value received for argument `image_size`. Expected [height, width] "
+            "with positive ints (the `image_bytes` signature resizes every image to it). "
+            f"Received: image_size={image_size!r}"
+        )
+    return size
+
+
+def _check_max_pixels(max_image_pixels):
+    if (
+        isinstance(max_image_pixels, bool)
+        or not isinstance(max_image_pixels, int)
+        or max_image_pixels < 1
+    ):
+        raise ValueError(
+            "Invalid value received for argument `max_image_pixels`. Expected a positive "
+            f"int. Received: max_image_pixels={max_image_pixels!r}"
+        )
+    return max_image_pixels
+
+
+def _preprocessing_of(model, image_size):
+    pre = dict(getattr(model, "preprocessing", None) or {})
+    if image_size is None:
+        image_size = pre.get("image_size")
+        if image_size is None:
+            shape = getattr(model, "input_shape", None)
+            image_size = list(shape[1:3]) if shape is not None and len(shape) == 4 else None
+    pre["image_size"] = _check_image_size(image_size)
+    return pre
+
+
+def export_saved_model(
+    model,
+    model_dir,
+    version=None,
+    image_size=None,
+    max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+    antialias=True,
+    verbose=False,
+):
+    """Export `model` as `model_dir/<version>/` for TensorFlow Serving.
+
+    Signatures (method `tensorflow/serving/predict`, tag `serve`):
+
+    - `serving_default`: input `image_bytes`, a `[None]` `tf.string` of JPEG or
+      PNG files. Each is decoded with core TF ops (3 channels), resized to
+      `image_size` exactly as evaluation does
+      (`tf.image.resize(float32(image), image_size, "bilinear", antialias=True)`,
+      see `keras_cgd.data.resize_for_test`) and fed to the model, which
+      normalises inside. An image whose header declares more than
+      `max_image_pixels` pixels, a truncated file or bytes that are not an image
+      fail with `InvalidArgument` (HTTP 400 in TF Serving), before any large
+      allocation.
+    - `serving_pixels`: input `images`, float32 `(None, H, W, 3)` RGB pixels in
+      [0, 255].
+
+    Both return float32 `embedding` `(N, D)` (and `logits` `(N, C)` when the
+    model has a classifier), whatever the mixed-precision policy.
+
+    On a backend other than TensorFlow, the model is saved to a temporary
+    `.keras` file and exported by `python -m keras_cgd.export` in a
+    subprocess with `KERAS_BACKEND=tensorflow` (TensorFlow must be installed).
+
+    Args:
+        model: a Keras model taking `(N, H, W, 3)` pixels and returning a dict
+            with an `"embedding"` key (or a single embedding tensor), e.g.
+            `keras_cgd.build_model(...)`.
+        model_dir: the model base path; created if missing.
+        version: int version directory to write; `None` (default) takes the
+            highest existing version + 1 (1 for an empty directory).
+        image_size: `[H, W]` for the `image_bytes` signature; defaults to
+            `model.preprocessing["image_size"]`.
+        max_image_pixels: the decoder refuses images declaring more than this
+            many pixels (width × height) in their header.
+        antialias: antialiasing of the bilinear resize (evaluation's default is
+            True).
+        verbose: print Keras' export summary.
+
+    Returns:
+        The path of the written version directory.
+
+    Example:
+
+    >>> model = keras_cgd.build_model("cgd_tiny", num_classes=5)
+    >>> path = keras_cgd.export.export_saved_model(model, "savedmodels/cgd")
+    >>> # savedmodels/cgd/1/saved_model.pb; serve with tensorflow/serving
+    """
+    version = _check_version(version)
+    max_image_pixels = _check_max_pixels(max_image_pixels)
+    if not isinstance(model_dir, (str, os.PathLike)):
+        raise TypeError(
+            "Invalid type received for argument `model_dir`. Expected a path. "
+            f"Received: model_dir={model_dir!r} of type {type(model_dir).__name__}"
+        )
+    model_dir = os.fspath(model_dir)
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ValueError(
+            "Invalid value received for argument `model_dir`. Expected a directory. "
+            f"Received: model_dir={model_dir!r}, which is a file"
+        )
+    preprocessing = _preprocessing_of(model, image_size)
+    if version is not None:
+        _resolve_version(model_dir, version)  # refuse an existing version before any work
+    if keras.backend.backend() != "tensorflow":
+        return _export_in_subprocess(
+            model, model_dir, version, preprocessing, max_image_pixels, antialias, verbose
+        )
+    return _export_tensorflow(
+        model, model_dir, version, preprocessing, max_image_pixels, antialias, verbose
+    )
+
+
+def _resolve_version(model_dir, version):
+    existing = list_versions(model_dir)
+    if version is None:
+        return existing[-1] + 1 if existing else 1
+    if os.path.exists(os.path.join(model_dir, str(version))):
+        raise ValueError(
+            "Invalid value received for argument `version`. Version directory "
+            f"{os.path.join(model_dir, str(version))!r} already exists; versions are "
+            f"immutable, pick a new one. Received: version={version!r} "
+            f"(existing versions: {existing})"
+        )
+    return version
+
+
+def _export_tensorflow(model, model_dir, version, preprocessing, max_image_pixels, antialias,
+                       verbose):
+    import tensorflow as tf
+
+    from keras_cgd.export.signatures import make_serving_functions
+
+    os.makedirs(model_dir, exist_ok=True)
+    version = _resolve_version(model_dir, version)
+    tmp = os.path.join(model_dir, f".tmp-{version}-{secrets.token_hex(4)}")
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        fns = make_serving_functions(
+            model, preprocessing["image_size"], max_image_pixels, antialias
+        )
+        # The first endpoint becomes `serving_default` in TF Serving; register it
+        # under that name explicitly.
+        archive.add_endpoint(
+            "serving_default",
+            fns["serving_default"],
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+        )
+        h, w = preprocessing["image_size"]
+        archive.add_endpoint(
+            "serving_pixels",
+            fns["serving_pixels"],
+            input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="images")],
+        )
+        archive.write_out(tmp, verbose=verbose)
+        out_spec = fns["output_dims"]
+        facts = {
+            "format": "keras_cgd.saved_model/1",
+            "preprocessing": preprocessing,
+            "input": "RGB pixels in [0, 255]; the model normalises inside",
+            "resize": {"method": "bilinear", "antialias": bool(antialias)},
+            "max_image_pixels": max_image_pixels,
+            "image_formats": ["jpeg", "png"],
+            "signatures": {
+                "serving_default": {"inputs": {"image_bytes": "string [None]"}},
+                "serving_pixels": {"inputs": {"images": f"float32 [None, {h}, {w}, 3]"}},
+                "outputs": {k: f"float32 [None, {d}]" for k, d in out_spec.items()},
+            },
+            "model_class": type(model).__name__,
+            "model_name": model.name,
+            "keras_version": keras.__version__,
+            "tensorflow_version": tf.__version__,
+        }
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        with open(os.path.join(tmp, "assets.extra", METADATA_FILENAME), "w") as f:
+            json.dump(facts, f, indent=2, sort_keys=True)
+        final = os.path.join(model_dir, str(version))
+        if os.path.exists(final):  # appeared while we were writing
+            raise ValueError(
+                f"Version directory {final!r} appeared during the export (another "
+                f"writer?). Received: version={version!r}"
+            )
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _export_in_subprocess(model, model_dir, version, preprocessing, max_image_pixels, antialias,
+                          verbose):
+    import keras_cgd
+
+    work = tempfile.mkdtemp(prefix="keras_cgd_export_")
+    try:
+        keras_path = os.path.join(work, "model.keras")
+        model.save(keras_path)
+        request = {
+            "keras_path": keras_path,
+            "model_dir": os.path.abspath(model_dir),
+            "version": version,
+            "image_size": preprocessing["image_size"],
+            "max_image_pixels": max_image_pixels,
+            "antialias": bool(antialias),
+            "verbose": bool(verbose),
+            "result_path": os.path.join(work, "result.json"),
+        }
+        request_path = os.path.join(work, "request.json")
+        with open(request_path, "w") as f:
+            json.dump(request, f)
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(keras_cgd.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, os.environ.get("PYTHONPATH")) if p
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "keras_cgd.export", request_path],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        result_path = request["result_path"]
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                result = json.load(f)
+            if "error" in result:
+                error_type = {"ValueError": ValueError, "TypeError": TypeError}.get(
+                    result["error_type"], RuntimeError
+                )
+                raise error_type(result["error"])
+            if proc.returncode == 0:
+                return result["path"]
+        raise RuntimeError(
+            "The TensorFlow-backend export subprocess failed "
+            f"(exit code {proc.returncode}).\n{proc.stderr[-4000:]}"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _subprocess_main(request_path):
+    """Entry point of `python -m keras_cgd.export REQUEST.json` (TF backend)."""
+    with open(request_path) as f:
+        request = json.load(f)
+    result = {}
+    try:
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                "The export subprocess must run with KERAS_BACKEND=tensorflow. "
+                f"Received: backend={keras.backend.backend()!r}"
+            )
+        import keras_cgd  # noqa: F401  (registers custom classes)
+
+        model = keras.saving.load_model(request["keras_path"], compile=False)
+        result["path"] = export_saved_model(
+            model,
+            request["model_dir"],
+            version=request["version"],
+            image_size=request["image_size"],
+            max_image_pixels=request["max_image_pixels"],
+            antialias=request["antialias"],
+            verbose=request["verbose"],
+        )
+    except (ValueError, TypeError) as e:
+        result = {"error": str(e), "error_type": type(e).__name__}
+    with open(request["result_path"], "w") as f:
+        json.dump(result, f)
+    return 0 if "path" in result else 1

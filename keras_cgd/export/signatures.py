@@ -1,0 +1,138 @@
+"""Serving functions of an exported model: guarded image decoding + forward pass.
+
+TensorFlow-only module. Everything here is built from core TF ops
+(`tf.io.decode_image`, `tf.image.extract_jpeg_shape`, `tf.image.resize`,
+`tf.strings`), so the SavedModel runs in TensorFlow Serving, which has no
+Python. Functions are written without autograph (Keras' `ExportArchive`
+traces endpoints with `autograph=False`): control flow is `tf.cond`/`tf.map_fn`.
+"""
+
+import tensorflow as tf
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def image_header_shape(contents):
+    """`[height, width]` (int64) declared in a JPEG or PNG header, without decoding.
+
+    JPEG: `tf.image.extract_jpeg_shape` (reads the SOF marker). PNG: the IHDR
+    chunk, big-endian uint32 width then height at bytes 16–23. Any other format
+    returns `[-1, -1]`.
+
+    Args:
+        contents: scalar `tf.string`, the encoded file.
+
+    Returns:
+        int64 tensor of shape `(2,)`.
+    """
+    is_png = tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE)
+    is_jpeg = tf.equal(tf.strings.substr(contents, 0, 3), _JPEG_SIGNATURE)
+
+    def png_shape():
+        padded = tf.strings.join([contents, b"\x00" * 24])  # a truncated file reads zeros
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8), tf.int64)
+        weights = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64)
+        width = tf.reduce_sum(raw[:4] * weights)
+        height = tf.reduce_sum(raw[4:] * weights)
+        return tf.stack([height, width])
+
+    def jpeg_shape():
+        return tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64)
+
+    def unknown():
+        return tf.constant([-1, -1], tf.int64)
+
+    return tf.cond(is_png, png_shape, lambda: tf.cond(is_jpeg, jpeg_shape, unknown))
+
+
+def decode_image_guarded(contents, image_size, max_image_pixels, antialias=True):
+    """Decode one JPEG/PNG to float32 `(H, W, 3)` pixels in [0, 255], guarded.
+
+    Checks, before the full decode: the bytes start like a JPEG or PNG file,
+    and the header declares 1 ≤ height × width ≤ `max_image_pixels`. A failed
+    check raises `InvalidArgumentError` (TF Serving: HTTP 400). Then
+    `tf.io.decode_image(channels=3, expand_animations=False)` and
+    `tf.image.resize(float32(image), image_size, "bilinear", antialias)`, as
+    evaluation does (`keras_cgd.data.resize_for_test`).
+
+    Args:
+        contents: scalar `tf.string`.
+        image_size: `[H, W]` python ints.
+        max_image_pixels: python int.
+        antialias: bool.
+
+    Returns:
+        float32 tensor `(H, W, 3)`.
+    """
+    known = tf.logical_or(
+        tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE),
+        tf.equal(tf.strings.substr(contents, 0, 3), _JPEG_SIGNATURE),
+    )
+    check_format = tf.debugging.Assert(
+        known,
+        [
+            "Invalid image: expected JPEG or PNG bytes; received bytes starting with",
+            tf.strings.substr(contents, 0, 8),
+        ],
+    )
+    with tf.control_dependencies([check_format]):
+        shape = image_header_shape(contents)
+    pixels = shape[0] * shape[1]
+    check_size = tf.debugging.Assert(
+        tf.logical_and(tf.reduce_all(shape > 0), pixels <= max_image_pixels),
+        [
+            f"Invalid image: more than max_image_pixels={max_image_pixels} pixels "
+            "(or none) declared in its header; height, width =",
+            shape[0],
+            shape[1],
+        ],
+    )
+    with tf.control_dependencies([check_size]):
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    image = tf.cast(image, tf.float32)
+    return tf.image.resize(image, image_size, method="bilinear", antialias=antialias)
+
+
+def decode_images(image_bytes, image_size, max_image_pixels, antialias=True):
+    """Batch version of `decode_image_guarded`: `[N]` string → `(N, H, W, 3)` float32."""
+    h, w = image_size
+    return tf.map_fn(
+        lambda b: decode_image_guarded(b, image_size, max_image_pixels, antialias),
+        image_bytes,
+        fn_output_signature=tf.TensorSpec([h, w, 3], tf.float32),
+    )
+
+
+def make_serving_functions(model, image_size, max_image_pixels, antialias=True):
+    """The `serving_default` (bytes) and `serving_pixels` (float) functions.
+
+    Returns a dict with both functions and `output_dims` (filled on tracing):
+    `{name: last dim}` of the float32 outputs.
+    """
+    output_dims = {}
+
+    def forward(pixels):
+        outputs = model(pixels, training=False)
+        if not isinstance(outputs, dict):
+            outputs = {"embedding": outputs}
+        if "embedding" not in outputs:
+            raise ValueError(
+                "The model must return a dict with an 'embedding' key or a single "
+                f"embedding tensor. Received output keys: {sorted(outputs)}"
+            )
+        result = {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+        output_dims.update({name: int(value.shape[-1]) for name, value in result.items()})
+        return result
+
+    def serving_bytes(image_bytes):
+        return forward(decode_images(image_bytes, image_size, max_image_pixels, antialias))
+
+    def serving_pixels(images):
+        return forward(images)
+
+    return {
+        "serving_default": serving_bytes,
+        "serving_pixels": serving_pixels,
+        "output_dims": output_dims,
+    }

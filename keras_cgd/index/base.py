@@ -1,0 +1,255 @@
+"""Shared parts of the vector indexes: ids, metadata, atomic save and load.
+
+An index file is one NumPy `.npz` archive (any file name) holding the vectors
+(or the serialised FAISS index), the ids, the per-vector metadata as JSON and
+the index configuration. `save` writes a temporary file in the target's
+directory, flushes it to disk and renames it over the target (`os.replace`),
+so a reader sees the old file or the new one, never a partial one.
+"""
+
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from keras_cgd.evaluation.neighbors import METRICS
+
+FORMAT_VERSION = 1
+_REGISTRY = {}
+
+
+def _register(cls):
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+class BaseIndex:
+    """Vectors with int64 ids and optional JSON-serialisable metadata."""
+
+    def __init__(self, metric="cosine", dimension=None):
+        if metric not in METRICS:
+            raise ValueError(
+                "Invalid value received for argument `metric`. Expected one of "
+                f"{METRICS}. Received: metric={metric!r}"
+            )
+        if dimension is not None and (
+            isinstance(dimension, bool) or not isinstance(dimension, (int, np.integer)) or dimension < 1
+        ):
+            raise ValueError(
+                "Invalid value received for argument `dimension`. Expected a "
+                f"positive int or None. Received: dimension={dimension!r}"
+            )
+        self.metric = metric
+        self.dimension = None if dimension is None else int(dimension)
+        self._ids = np.zeros((0,), np.int64)
+        self._metadata = []
+
+    # -- subclass hooks -------------------------------------------------
+    def _add_vectors(self, vectors):
+        raise NotImplementedError
+
+    def _search_positions(self, queries, k):
+        raise NotImplementedError
+
+    def _vector_state(self):
+        """Arrays to save (dict name -> array)."""
+        raise NotImplementedError
+
+    def _restore_vector_state(self, arrays):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"metric": self.metric, "dimension": self.dimension}
+
+    # -- public API -----------------------------------------------------
+    def __len__(self):
+        return int(self._ids.shape[0])
+
+    @property
+    def ids(self):
+        """int64 ids of the stored vectors, in insertion order."""
+        return self._ids.copy()
+
+    def _check_vectors(self, vectors, name):
+        vectors = np.asarray(vectors)
+        if vectors.ndim == 1:
+            vectors = vectors[None, :]
+        if vectors.ndim != 2:
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected a 2-D "
+                f"array (num_vectors, dim). Received: {name}.shape={vectors.shape}"
+            )
+        if self.dimension is not None and vectors.shape[1] != self.dimension:
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected "
+                f"vectors of dimension {self.dimension}. Received: "
+                f"{name}.shape={vectors.shape}"
+            )
+        if not np.isfinite(vectors).all():
+            raise ValueError(
+                f"Invalid value received for argument `{name}`. Expected finite "
+                "values. Received an array containing NaN or inf."
+            )
+        return vectors.astype(np.float32, copy=False)
+
+    def add(self, vectors, ids=None, metadata=None):
+        """Adds vectors `(n, D)` with optional int ids `(n,)` and metadata.
+
+        Args:
+            vectors: array `(n, D)` (or `(D,)` for one vector).
+            ids: optional int array `(n,)`; default: consecutive integers after
+                the largest id so far. Ids must be unique in the index.
+            metadata: optional list of `n` JSON-serialisable objects (e.g.
+                dicts with a file path and a label).
+        Returns:
+            the int64 ids of the added vectors.
+        """
+        vectors = self._check_vectors(vectors, "vectors")
+        n = vectors.shape[0]
+        if ids is None:
+            first = int(self._ids.max()) + 1 if len(self) else 0
+            ids = np.arange(first, first + n, dtype=np.int64)
+        else:
+            ids = np.asarray(ids)
+            if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(
+                    "Invalid value received for argument `ids`. Expected an "
+                    f"integer array of shape ({n},). Received: ids with shape "
+                    f"{ids.shape} and dtype {ids.dtype}"
+                )
+            ids = ids.astype(np.int64)
+            if np.unique(ids).size != n or np.isin(ids, self._ids).any():
+                raise ValueError(
+                    "Invalid value received for argument `ids`. Expected ids "
+                    "not already in the index and without duplicates."
+                )
+        if metadata is None:
+            metadata = [None] * n
+        else:
+            metadata = list(metadata)
+            if len(metadata) != n:
+                raise ValueError(
+                    "Invalid value received for argument `metadata`. Expected "
+                    f"one entry per vector ({n}). Received: {len(metadata)} entries"
+                )
+            try:
+                json.dumps(metadata)
+            except TypeError as e:
+                raise TypeError(
+                    "Invalid value received for argument `metadata`. Expected "
+                    f"JSON-serialisable entries. Received an error: {e}"
+                ) from None
+        if self.dimension is None:
+            self.dimension = int(vectors.shape[1])
+        self._add_vectors(vectors)
+        self._ids = np.concatenate([self._ids, ids])
+        self._metadata.extend(metadata)
+        return ids
+
+    def search(self, queries, k=10):
+        """Finds the k nearest stored vectors of each query.
+
+        Ranking: decreasing similarity (`"cosine"`, `"inner_product"`) or
+        increasing Euclidean distance; equal scores by insertion order.
+
+        Args:
+            queries: array `(Q, D)` (or `(D,)`).
+            k: neighbours per query, `1 <= k <= len(index)`.
+        Returns:
+            `(ids, scores)`: int64 `(Q, k)` ids and float32 `(Q, k)`
+            similarities or distances, best first.
+        """
+        queries = self._check_vectors(queries, "queries")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= len(self):
+            raise ValueError(
+                "Invalid value received for argument `k`. Expected an integer "
+                f"in [1, {len(self)}] (the index size). Received: k={k!r}"
+            )
+        positions, scores = self._search_positions(queries, int(k))
+        return self._ids[positions], scores.astype(np.float32, copy=False)
+
+    def get_metadata(self, ids):
+        """Metadata of the given ids (any shape), as nested lists."""
+        ids = np.asarray(ids)
+        order = np.argsort(self._ids, kind="stable")
+        pos = np.searchsorted(self._ids[order], ids.ravel())
+        pos = np.minimum(pos, max(len(self) - 1, 0))
+        if len(self) == 0 or (self._ids[order][pos] != ids.ravel()).any():
+            raise KeyError(f"Unknown ids: {np.setdiff1d(ids, self._ids).tolist()}")
+        flat = np.empty(ids.size, dtype=object)
+        for j, i in enumerate(order[pos]):
+            flat[j] = self._metadata[i]
+        return flat.reshape(ids.shape).tolist()
+
+    def save(self, path):
+        """Writes the index to `path` atomically (temp file + rename)."""
+        path = os.fspath(path)
+        arrays = dict(self._vector_state())
+        header = {
+            "format_version": FORMAT_VERSION,
+            "class_name": type(self).__name__,
+            "config": self.get_config(),
+            "metadata": self._metadata,
+        }
+        arrays["ids"] = self._ids
+        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".index", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """Loads an index written by `save` (checks the class matches)."""
+        index = load_index(path)
+        if not isinstance(index, cls):
+            raise TypeError(
+                f"The file {path!r} holds a {type(index).__name__}, not a "
+                f"{cls.__name__}. Use `keras_cgd.index.load_index` to load any index."
+            )
+        return index
+
+
+def load_index(path):
+    """Loads any keras-cgd index file (`ExactIndex` or `FaissIndex`).
+
+    Example:
+    >>> index = ExactIndex()
+    >>> ids = index.add(np.eye(2))
+    >>> path = index.save("/tmp/i.npz")
+    >>> load_index("/tmp/i.npz").search(np.eye(2), k=1)[0].tolist()
+    [[0], [1]]
+    """
+    with open(os.fspath(path), "rb") as f:
+        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+        arrays = {name: data[name] for name in data.files}
+    if "header" not in arrays:
+        raise ValueError(f"The file {path!r} is not a keras-cgd index (no header).")
+    header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"Unsupported index format version {header.get('format_version')!r} "
+            f"in {path!r}; this keras-cgd reads version {FORMAT_VERSION}."
+        )
+    name = header["class_name"]
+    if name not in _REGISTRY:
+        # FaissIndex registers itself when its module is imported.
+        from keras_cgd.index import faiss_index  # noqa: F401
+    cls = _REGISTRY[name]
+    index = cls(**header["config"])
+    index._ids = arrays.pop("ids").astype(np.int64)
+    index._metadata = list(header["metadata"])
+    index._restore_vector_state(arrays)
+    return index

@@ -1,0 +1,177 @@
+import os
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_cgd import data as kdata
+from tests.data._data_files import write_image
+
+
+def _coded_images(n, size=16):
+    """Image i is constant with colour (i % 256, i // 256, 7): the pixel tells the index."""
+    images = np.zeros((n, size, size, 3), np.uint8)
+    images[..., 0] = (np.arange(n) % 256)[:, None, None]
+    images[..., 1] = (np.arange(n) // 256)[:, None, None]
+    images[..., 2] = 7
+    return images
+
+
+def _decode_index(batch_images):
+    px = np.round(batch_images[:, 0, 0, :]).astype(int)
+    assert (px[:, 2] == 7).all()
+    return px[:, 0] + 256 * px[:, 1]
+
+
+def _unbalanced_labels():
+    # 10 classes with 1..10 images each (class c has c + 1 images)
+    return np.concatenate([np.full(c + 1, c) for c in range(10)]).astype("int32")
+
+
+def test_class_balanced_batches_exact_composition():
+    labels = _unbalanced_labels()
+    ds = kdata.from_arrays(_coded_images(len(labels)), labels)
+    p, k = 4, 3
+    batches = kdata.class_balanced_batches(ds, p, k, image_size=16, augmentation="none", seed=3)
+    assert int(batches.cardinality()) == len(labels) // (p * k)
+    seen = 0
+    for images, y in batches.as_numpy_iterator():
+        assert images.shape == (p * k, 16, 16, 3) and images.dtype == np.float32
+        idx = _decode_index(images)
+        # labels are those of the images actually in the batch
+        np.testing.assert_array_equal(y["logits"], labels[idx])
+        np.testing.assert_array_equal(y["embedding"], labels[idx])
+        assert y["logits"].dtype == np.int32
+        blocks = y["logits"].reshape(p, k)
+        assert (blocks == blocks[:, :1]).all()  # K images per class block
+        assert len(set(blocks[:, 0].tolist())) == p  # P distinct classes
+        for block, block_idx in zip(blocks, idx.reshape(p, k)):
+            size = int((labels == block[0]).sum())
+            # distinct images when the class has >= K, else all of its images + repeats
+            assert len(set(block_idx.tolist())) == min(size, k)
+        seen += 1
+    assert seen == len(labels) // (p * k)
+
+
+def test_class_balanced_small_classes_drop_and_errors():
+    labels = _unbalanced_labels()
+    ds = kdata.from_arrays(_coded_images(len(labels)), labels)
+    with pytest.warns(UserWarning, match="2 class"):
+        batches = kdata.class_balanced_batches(ds, 2, 3, image_size=16, augmentation="none", small_classes="drop", seed=0)
+    for _, y in batches.as_numpy_iterator():
+        assert set(y["logits"].tolist()) <= set(range(2, 10))
+    with pytest.raises(ValueError, match="classes_per_batch"):
+        kdata.class_balanced_batches(ds, 11, 2, image_size=16)
+    with pytest.raises(ValueError, match="small_classes"):
+        kdata.class_balanced_batches(ds, 2, 2, image_size=16, small_classes="pad")
+    with pytest.raises(ValueError, match="augmentation"):
+        kdata.class_balanced_batches(ds, 2, 2, image_size=16, augmentation="autoaugment")
+    with pytest.raises(ValueError, match="image_size"):
+        kdata.class_balanced_batches(ds, 2, 2, image_size=0)
+
+
+def test_repeated_augmentation_exact_composition_and_epochs():
+    n, b, m = 50, 12, 3
+    labels = (np.arange(n) % 7).astype("int32")
+    ds = kdata.from_arrays(_coded_images(n), labels)
+    batches = kdata.repeated_augmentation_batches(ds, b, m, image_size=16, augmentation="none", seed=5)
+    assert int(batches.cardinality()) == int(n * 2.0) // b  # MultiGrain epoch length factor 2
+    epochs = []
+    for _ in range(2):
+        ids_epoch = []
+        for images, y in batches.as_numpy_iterator():
+            idx = _decode_index(images)
+            np.testing.assert_array_equal(y["embedding"], idx)  # instance id = dataset index
+            np.testing.assert_array_equal(y["logits"], labels[idx])
+            groups = y["embedding"].reshape(b // m, m)
+            assert (groups == groups[:, :1]).all()  # copies consecutive, all in this batch
+            assert len(set(groups[:, 0].tolist())) == b // m  # no image twice in a batch
+            ids_epoch.extend(groups[:, 0].tolist())
+        epochs.append(ids_epoch)
+        # 2N samples / 3 copies < N distinct images: all drawn from one permutation
+        assert len(ids_epoch) == len(set(ids_epoch)) == int(n * 2.0) // b * (b // m)
+    assert epochs[0] != epochs[1]  # a new plan each epoch
+    longer = kdata.repeated_augmentation_batches(ds, b, m, image_size=16, augmentation="none",
+                                                 epoch_length_factor=6.0, seed=5)
+    ids = np.concatenate([y["embedding"][::m] for _, y in longer.as_numpy_iterator()])
+    assert len(ids) == 100
+    # successive random permutations: each image once per pass
+    assert sorted(ids[:n].tolist()) == list(range(n)) and sorted(ids[n:].tolist()) == list(range(n))
+    with pytest.raises(ValueError, match="multiple of repeats"):
+        kdata.repeated_augmentation_batches(ds, 10, 3, image_size=16)
+    with pytest.raises(ValueError, match="distinct images"):
+        kdata.repeated_augmentation_batches(ds, 153, 3, image_size=16)
+
+
+def test_repeated_augmentation_copies_independent_and_reproducible():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 40, 40, 3), dtype=np.uint8)
+    ds = kdata.from_arrays(images, np.arange(8) % 2)
+    for augmentation in ("multigrain", "cgd"):
+        make = lambda: kdata.repeated_augmentation_batches(  # noqa: E731
+            ds, 6, 3, image_size=24, augmentation=augmentation, steps_per_epoch=2, seed=11)
+        a = [x for x, _ in make().as_numpy_iterator()]
+        b = [x for x, _ in make().as_numpy_iterator()]
+        for xa, xb in zip(a, b):
+            np.testing.assert_array_equal(xa, xb)  # same seed, same batches
+        x = a[0]
+        assert x.shape == (6, 24, 24, 3) and x.min() >= 0 and x.max() <= 255
+        for g in range(2):
+            copies = x[3 * g : 3 * g + 3]
+            for i in range(3):
+                for j in range(i + 1, 3):
+                    assert np.abs(copies[i] - copies[j]).mean() > 1.0  # independently augmented
+
+
+def test_batchers_accept_tf_data_of_paths(tmp_path):
+    paths, labels = [], []
+    for i in range(12):
+        p = os.path.join(str(tmp_path), f"{i}.jpg" if i % 2 else f"{i}.png")
+        write_image(p, (i * 20, 100, 7), size=(50, 40))
+        paths.append(p)
+        labels.append(i % 3)
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    batches = kdata.repeated_augmentation_batches(ds, 6, 3, image_size=20, seed=0)  # JPEG and PNG files
+    for x, y in batches.as_numpy_iterator():
+        assert x.shape == (6, 20, 20, 3)
+        np.testing.assert_array_equal(y["logits"], np.asarray(labels)[y["embedding"]])
+    pk = kdata.class_balanced_batches(ds, 3, 2, image_size=20, seed=0)
+    for x, y in pk.as_numpy_iterator():
+        # decode without augmentation colours: red channel identifies the file
+        np.testing.assert_array_equal(np.sort(np.unique(y["logits"])), [0, 1, 2])
+
+
+def test_inference_batches_modes():
+    images = np.zeros((3, 30, 60, 3), np.uint8) + 100
+    ds = kdata.from_arrays(images, [0, 1, 1])
+    out = list(kdata.inference_batches(ds, 2, image_size=16).as_numpy_iterator())
+    assert [x.shape for x, _ in out] == [(2, 16, 16, 3), (1, 16, 16, 3)]
+    np.testing.assert_array_equal(np.concatenate([y["logits"] for _, y in out]), [0, 1, 1])
+    rect = list(kdata.inference_batches(ds, 1, longest_side=40).as_numpy_iterator())
+    assert rect[0][0].shape == (1, 20, 40, 3)
+    with pytest.raises(ValueError, match="batch_size must be 1"):
+        kdata.inference_batches(ds, 2, longest_side=40)
+
+
+def test_model_fit_on_batches():
+    import keras
+
+    data = kdata.load_builtin("digits", image_size=16)
+    train = kdata.from_arrays(data.train_images[:200], data.train_labels[:200])
+    batches = kdata.class_balanced_batches(train, 4, 4, image_size=16, augmentation="flip", steps_per_epoch=3, seed=0)
+    inputs = keras.Input((16, 16, 3))
+    h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(inputs))
+    emb = keras.layers.UnitNormalization(name="embedding")(keras.layers.Dense(8)(h))
+    logits = keras.layers.Dense(data.num_train_classes, name="logits")(h)
+    model = keras.Model(inputs, {"embedding": emb, "logits": logits})
+
+    def dummy_ranking(y_true, y_pred):
+        same = keras.ops.cast(keras.ops.equal(y_true[:, None], y_true[None, :]), "float32")
+        sim = keras.ops.matmul(y_pred, keras.ops.transpose(y_pred))
+        return keras.ops.mean((sim - same) ** 2)
+
+    model.compile("adam", loss={"embedding": dummy_ranking,
+                                "logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
+    hist = model.fit(batches, epochs=2, verbose=0)
+    assert len(hist.history["loss"]) == 2 and np.isfinite(hist.history["loss"]).all()

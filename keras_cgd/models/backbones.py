@@ -59,8 +59,10 @@ def list_backbones():
 
 
 def backbone_preprocessing(name):
-    """Normalisation (`mean`, `std`, `channel_order`) a named backbone expects."""
-    if name == "tiny_convnet":
+    """Normalisation (`mean`, `std`, `channel_order`) a named backbone expects
+    (ImageNet mean/std in RGB for "tiny_convnet", unknown names and a user's
+    own `keras.Model`)."""
+    if not isinstance(name, str) or name == "tiny_convnet":
         return dict(_TORCH)
     key = _canonical(name)
     for family, variant, prep in _FAMILY_PREPROCESSING:

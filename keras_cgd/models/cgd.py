@@ -66,25 +66,7 @@ class CGDModel(EmbeddingModel):
         _check_num_classes(num_classes)
         if last_stride == 1 and not supports_last_stride(backbone):
             last_stride = None
-        init_config = dict(
-            num_classes=num_classes,
-            backbone=backbone,
-            weights=None,
-            input_shape=tuple(input_shape),
-            descriptors=descriptors,
-            embedding_dim=embedding_dim,
-            gem_p=gem_p,
-            trainable_p=trainable_p,
-            last_stride=last_stride,
-            freeze_bn_statistics=freeze_bn_statistics,
-            mean=mean,
-            std=std,
-            channel_order=channel_order,
-            learning_rate=learning_rate,
-            margin=margin,
-            label_smoothing=label_smoothing,
-            temperature=temperature,
-        )
+        init_config = self._config_from_arguments(locals())
         descriptor = CombinedGlobalDescriptor(
             descriptors=descriptors,
             embedding_dim=embedding_dim,
@@ -96,20 +78,11 @@ class CGDModel(EmbeddingModel):
             backbone, input_shape, weights, last_stride, freeze_bn_statistics, mean, std, channel_order
         )
         embedding, first = descriptor(feature_map)
-        outputs = {
-            "embedding": keras.layers.Activation(
-                "linear", dtype="float32", name="embedding"
-            )(embedding)
-        }
+        logits = None
         if num_classes is not None:
             x = keras.layers.BatchNormalization(name="classifier_bn")(first)
-            x = keras.layers.Dense(num_classes, name="classifier")(x)
-            outputs["logits"] = keras.layers.Activation(
-                "linear", dtype="float32", name="logits"
-            )(x)
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        self._init_config = init_config
-        self._normalization = normalization
+            logits = keras.layers.Dense(num_classes, name="classifier")(x)
+        self._finish_functional_init(inputs, embedding, logits, init_config, normalization, **kwargs)
 
     def default_compile_arguments(self):
         cfg = self._init_config

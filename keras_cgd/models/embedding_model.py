@@ -67,11 +67,11 @@ class EmbeddingModel(keras.Model):
         Returns `(inputs, feature_map, normalization)`.
         """
         input_shape = _check_input_shape(input_shape)
-        default = backbone_preprocessing(backbone) if isinstance(backbone, str) else {}
+        default = backbone_preprocessing(backbone)
         normalization = {
-            "mean": list(mean if mean is not None else default.get("mean", [0.485, 0.456, 0.406])),
-            "std": list(std if std is not None else default.get("std", [0.229, 0.224, 0.225])),
-            "channel_order": channel_order or default.get("channel_order", "rgb"),
+            "mean": list(mean if mean is not None else default["mean"]),
+            "std": list(std if std is not None else default["std"]),
+            "channel_order": channel_order or default["channel_order"],
         }
         inputs = keras.Input(input_shape, name="images")
         x = ImageNormalization(**normalization, name="normalization")(inputs)
@@ -90,6 +90,30 @@ class EmbeddingModel(keras.Model):
                 f"{getattr(net, 'name', net)!r}."
             )
         return inputs, feature_map, normalization
+
+    @staticmethod
+    def _config_from_arguments(arguments):
+        """The constructor arguments (from `locals()` taken first thing in a
+        subclass `__init__`) as stored by `get_config`. Weights are never
+        re-fetched on reload: they come from the saved file."""
+        config = {
+            k: v for k, v in arguments.items() if k not in ("self", "kwargs", "__class__")
+        }
+        config["weights"] = None
+        config["input_shape"] = tuple(config["input_shape"])
+        return config
+
+    def _finish_functional_init(self, inputs, embedding, logits, config, normalization, **kwargs):
+        """Wrap the outputs as float32 (whatever the dtype policy), build the
+        functional graph and keep the constructor configuration."""
+        outputs = {
+            "embedding": keras.layers.Activation("linear", dtype="float32", name="embedding")(embedding)
+        }
+        if logits is not None:
+            outputs["logits"] = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self._init_config = config
+        self._normalization = normalization
 
     @property
     def preprocessing(self):

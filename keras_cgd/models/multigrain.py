@@ -69,46 +69,17 @@ class MultiGrainModel(EmbeddingModel):
             )
         if num_classes is None and classification_weight > 0:
             classification_weight = 0.0
-        init_config = dict(
-            num_classes=num_classes,
-            backbone=backbone,
-            weights=None,
-            input_shape=tuple(input_shape),
-            gem_p=gem_p,
-            trainable_p=trainable_p,
-            last_stride=last_stride,
-            freeze_bn_statistics=freeze_bn_statistics,
-            mean=mean,
-            std=std,
-            channel_order=channel_order,
-            classification_weight=classification_weight,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            margin_alpha=margin_alpha,
-            beta_init=beta_init,
-            beta_lr_multiplier=beta_lr_multiplier,
-            seed=seed,
-        )
+        init_config = self._config_from_arguments(locals())
         inputs, feature_map, normalization = self._build_trunk(
             backbone, input_shape, weights, last_stride, freeze_bn_statistics, mean, std, channel_order
         )
         raw = GeneralizedMeanPooling(p=gem_p, trainable_p=trainable_p, name="gem")(feature_map)
         embedding = L2Normalization(name="l2_normalization")(raw)
         embedding = MarginState(beta_init=beta_init, seed=seed, name="margin_state")(embedding)
-        outputs = {
-            "embedding": keras.layers.Activation(
-                "linear", dtype="float32", name="embedding"
-            )(embedding)
-        }
+        logits = None
         if num_classes is not None:
             logits = keras.layers.Dense(num_classes, name="classifier")(raw)
-            outputs["logits"] = keras.layers.Activation(
-                "linear", dtype="float32", name="logits"
-            )(logits)
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        self._init_config = init_config
-        self._normalization = normalization
+        self._finish_functional_init(inputs, embedding, logits, init_config, normalization, **kwargs)
 
     def default_compile_arguments(self):
         cfg = self._init_config

@@ -166,9 +166,6 @@ def cmd_train(args):
         export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
         recall_ks=tuple(args.ks) if args.ks else None,
     )
-    # Check the cheap arguments before any heavy import or data loading.
-    training.check_dataset_spec(config.dataset)
-    training.resolve_settings(config)
     result = training.train(config, log=lambda line: print(line, flush=True))
     print(f"done in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")
     return 0
@@ -201,18 +198,35 @@ def cmd_export(args):
 
 
 def _gallery(spec, image_size, small):
-    """`(ImageDataset, name)` of a gallery: a dataset's test split or a flat folder of images."""
+    """The gallery `ImageDataset`: every image of an image folder, or a dataset's test split.
+
+    A flat folder of images gives one "class" per file (hidden files skipped); a folder
+    of class sub-folders gives all of its classes; a built-in or standard dataset (or a
+    folder with train/ and test/ sub-folders) gives its test split. Unreadable image
+    files are left out and reported.
+    """
     from keras_cgd import data
     from keras_cgd import training
 
-    if os.path.isdir(spec) and not any(os.path.isdir(os.path.join(spec, d)) for d in os.listdir(spec)):
-        files = sorted(f for f in os.listdir(spec) if f.lower().endswith(data.readers.IMAGE_EXTENSIONS))
+    if os.path.isdir(spec) and not any(
+        os.path.isdir(os.path.join(spec, d)) and not d.startswith(".") for d in os.listdir(spec)
+    ):
+        files = sorted(f for f in os.listdir(spec)
+                       if not f.startswith(".") and f.lower().endswith(data.readers.IMAGE_EXTENSIONS))
+        paths = [os.path.join(spec, f) for f in files]
+        ok, _, reasons = data.readers.validate_image_files(paths)
+        for i in sorted(reasons):
+            print(f"skipped unreadable gallery file {paths[i]} ({reasons[i]})", file=sys.stderr)
+        files = [f for f, good in zip(files, ok) if good]
         if not files:
-            raise UsageError(f"Invalid value received for argument `gallery`. Expected a folder with images. "
-                             f"Received: gallery={spec!r}")
+            raise UsageError(f"Invalid value received for argument `gallery`. Expected a folder with readable "
+                             f"images ({len(reasons)} unreadable). Received: gallery={spec!r}")
         return data.ImageDataset(list(range(len(files))), files, paths=[os.path.join(spec, f) for f in files],
-                                 root=spec)
-    training.check_dataset_spec(spec)
+                                 skipped=[(paths[i], reasons[i]) for i in sorted(reasons)], root=spec)
+    kind, value = training.check_dataset_spec(spec)
+    has_splits = all(os.path.isdir(os.path.join(value, d)) for d in ("train", "test"))
+    if kind == "folder" and not has_splits:
+        return data.image_folder(value)  # all classes: nothing is held out at search time
     return training.resolve_dataset(spec, image_size, small).test
 
 

@@ -196,7 +196,9 @@ def _folder_splits(root):
         mask = full.labels < cut if keep_train else full.labels >= cut
         offset = 0 if keep_train else cut
         names = full.class_names[:cut] if keep_train else full.class_names[cut:]
-        parts.append(data.ImageDataset(full.labels[mask] - offset, names, paths=full.paths[mask], root=root))
+        skipped = [(p, r) for p, r in full.skipped if os.path.relpath(p, root).split(os.sep)[0] in names]
+        parts.append(data.ImageDataset(full.labels[mask] - offset, names, paths=full.paths[mask], skipped=skipped,
+                                       root=root))
     return parts[0], parts[1]
 
 
@@ -244,7 +246,8 @@ def resolve_settings(config):
     """The full training settings of `config`: preset, model kwargs, batching, schedule.
 
     Returns a dict with `family`, `model_kwargs`, `image_size`, `epochs`, `batching`
-    ("pk"/"ra"), its sizes, `learning_rate`, `drops`, `drop_factor`, `augmentation`,
+    ("pk"/"ra"), its sizes, `epoch_length_factor` (repeated augmentation; preset, else
+    2.0 as MultiGrain), `learning_rate`, `drops`, `drop_factor`, `augmentation`,
     `recall_ks`, `small`, `name`. Raises `ValueError` for unknown presets or options.
     """
     from keras_cgd.models.presets import MODEL_FAMILIES
@@ -299,11 +302,12 @@ def resolve_settings(config):
         "images_per_class": int(config.images_per_class or training.get("images_per_class", 4)),
         "batch_size": int(config.batch_size or training.get("batch_size", 48)),
         "repeats": int(config.repeats or training.get("repeats", 3)),
+        "epoch_length_factor": float(training.get("epoch_length_factor", 2.0)),  # MultiGrain default
         "steps_per_epoch": config.steps_per_epoch or (4 if small else None),
         "learning_rate": config.learning_rate or kwargs.get("learning_rate") or (1e-4 if family == "cgd" else 0.2),
         "drops": list(training.get("lr_drop_epochs_fraction", [0.6, 0.8])),
         "drop_factor": float(training.get("lr_drop_factor", 0.1)),
-        "augmentation": config.augmentation or _default_augmentation(training, batching, image_size),
+        "augmentation": config.augmentation or _default_augmentation(training, batching),
         "recall_ks": [int(k) for k in (config.recall_ks or training.get("recall_ks", (1, 2, 4, 8)))],
         "small": small,
         "name": config.model_name or preset_name or family,
@@ -315,7 +319,7 @@ def resolve_settings(config):
     return settings
 
 
-def _default_augmentation(training, batching, image_size):
+def _default_augmentation(training, batching):
     aug = training.get("augmentation")
     if aug == "full":
         aug = "multigrain"
@@ -346,7 +350,7 @@ def run_dir_for(config, settings, dataset_name):
 
 def training_args(config, settings):
     """The JSON-able arguments a resumed run must match."""
-    args = {k: getattr(config, k) for k in _TRAINING_KEYS if hasattr(config, k)}
+    args = {k: getattr(config, k) for k in _TRAINING_KEYS}
     args["small"] = settings["small"]
     args["epochs"] = settings["epochs"]
     return json.loads(json.dumps(args))
@@ -465,14 +469,9 @@ def _batches(splits, settings, epoch, seed):
         )
     return data.repeated_augmentation_batches(
         splits.train, settings["batch_size"], settings["repeats"], image_size=settings["image_size"],
-        augmentation=settings["augmentation"], epoch_length_factor=1.0,
+        augmentation=settings["augmentation"], epoch_length_factor=settings["epoch_length_factor"],
         steps_per_epoch=settings["steps_per_epoch"], seed=epoch_seed,
     )
-
-
-def _lr_at(settings, epoch):
-    drops = [int(round(f * settings["epochs"])) for f in settings["drops"]]
-    return float(settings["learning_rate"] * settings["drop_factor"] ** sum(epoch >= d for d in drops))
 
 
 def train(config=None, log=print, **overrides):
@@ -492,12 +491,12 @@ def train(config=None, log=print, **overrides):
     import keras
 
     import keras_cgd
+    from keras_cgd.models import step_decay_schedule
 
     log = log or (lambda *_: None)
     start = time.time()
     config = dataclasses.replace(copy.copy(config or TrainConfig()), **overrides)
     settings = resolve_settings(config)
-    check_dataset_spec(config.dataset)
     splits = resolve_dataset(config.dataset, settings["image_size"], settings["small"], config.seed)
     args = training_args(config, settings)
     run_dir = config.run_dir or run_dir_for(config, settings, splits.name)
@@ -511,6 +510,10 @@ def train(config=None, log=print, **overrides):
         )
     log(f"dataset {splits.name}: {len(splits.train)} train images / {splits.num_train_classes} classes, "
         f"{len(splits.test)} test images / {splits.test.num_classes} held-out classes")
+    skipped = [s for part in (splits.train, splits.test, splits.query) if part is not None for s in part.skipped]
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable image file(s): "
+            + "; ".join(f"{p} ({r})" for p, r in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     keras.utils.set_random_seed(int(config.seed))
     ckpt = state and state.get("checkpoint") and os.path.join(run_dir, state["checkpoint"])
     if ckpt and os.path.isfile(ckpt):
@@ -534,15 +537,17 @@ def train(config=None, log=print, **overrides):
         + (f"P×K = {settings['classes_per_batch']}×{settings['images_per_class']}" if settings["batching"] == "pk"
            else f"repeated augmentation {settings['batch_size']}/{settings['repeats']}")
         + f", backend {keras.backend.backend()}, run {run_dir}")
+    schedule = step_decay_schedule(settings["learning_rate"], settings["epochs"], settings["drops"],
+                                   settings["drop_factor"])
     for epoch in range(initial_epoch, settings["epochs"]):
         t0 = time.time()
-        model.optimizer.learning_rate.assign(_lr_at(settings, epoch))
         batches = _batches(splits, settings, epoch, config.seed)
-        hist = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False)
+        hist = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False,
+                         callbacks=[schedule])
         loss = float(hist.history["loss"][-1])
         state["history"] = state.get("history", []) + [{"epoch": epoch + 1, "loss": loss}]
         state = _save_checkpoint(model, run_dir, epoch + 1, state)
-        log(f"epoch {epoch + 1}/{settings['epochs']}  loss {loss:.4f}  lr {_lr_at(settings, epoch):.2g}  "
+        log(f"epoch {epoch + 1}/{settings['epochs']}  loss {loss:.4f}  lr {float(model.optimizer.learning_rate):.2g}  "
             f"{time.time() - t0:.1f} s")
     result = evaluate(model, splits, ks, with_map=True)
     recall_after = result["recall"]

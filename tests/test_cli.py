@@ -71,10 +71,24 @@ def test_resolve_dataset_image_folder_splits_classes(tmp_path):
         (tmp_path / c).mkdir()
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
-    splits = training.resolve_dataset(str(tmp_path))
+    (tmp_path / "d" / "broken.jpg").write_text("not an image")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        splits = training.resolve_dataset(str(tmp_path))
     assert splits.train.class_names == ["a", "b"] and splits.test.class_names == ["c", "d"]
     assert sorted(splits.train.labels.tolist()) == [0, 0, 0, 1, 1, 1]
     assert all("/c/" in p or "/d/" in p for p in splits.test.paths)
+    # the unreadable file is reported with the split of its class, not dropped silently
+    assert splits.train.skipped == []
+    assert [p for p, _ in splits.test.skipped] == [str(tmp_path / "d" / "broken.jpg")]
+
+
+@pytest.mark.parametrize("preset, factor", [("multigrain_resnet50", 2.0), ("multigrain_tiny", 1.0)])
+def test_repeated_augmentation_epoch_length_follows_the_preset(preset, factor):
+    settings = training.resolve_settings(training.TrainConfig(preset=preset, small=False, batch_size=12))
+    assert settings["epoch_length_factor"] == factor
+    splits = training.resolve_dataset("photo_views", 32, small=True)
+    batches = training._batches(splits, settings, 0, seed=0)
+    assert int(batches.cardinality()) == int(len(splits.train) * factor) // 12
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +175,39 @@ def test_evaluate_export_search(trained_run, tmp_path, capsys):
     code, out2, err = _run_cli(["search", run, queries[0], "--index", str(index), "-k", "3"], capsys)
     assert code == 0, err
     assert out2.splitlines()[1:4] == lines[lines.index(queries[0]) + 1: lines.index(queries[0]) + 4]
+
+
+def _search_labels(out):
+    """Labels of the ranked lines `  1. 0.9876  <label>  <path>` of `keras-cgd search`."""
+    return [line.split()[2] for line in out.splitlines() if line.startswith("  ") and line.split()[0].endswith(".")]
+
+
+def test_search_gallery_folders(trained_run, tmp_path, capsys):
+    """A folder of class sub-folders is searched whole; a flat folder skips dot-files and bad files."""
+    root, _, _ = trained_run
+    run = str(root / "run")
+    rng = np.random.default_rng(1)
+    classes = tmp_path / "classes"
+    for c in ("a", "b", "c", "d"):
+        (classes / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(classes / c / f"{i}.png")
+    query = tmp_path / "query.png"
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(query)
+    code, out, err = _run_cli(["search", run, str(query), "--gallery", str(classes), "-k", "20"], capsys)
+    assert code == 0, err
+    labels = _search_labels(out)
+    assert len(labels) == 8 and sorted(set(labels)) == ["a", "b", "c", "d"]
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("x.png", "y.png", ".hidden.png"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(flat / name)
+    (flat / "broken.jpg").write_text("not an image")
+    code, out, err = _run_cli(["search", run, str(query), "--gallery", str(flat), "-k", "20"], capsys)
+    assert code == 0, err
+    assert sorted(_search_labels(out)) == ["x.png", "y.png"]
+    assert "broken.jpg" in err and "skipped" in err
 
 
 def test_changed_arguments_refuse_to_resume(trained_run, capsys):

@@ -41,12 +41,10 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     client = nbclient.NotebookClient(
         nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}},
     )
-    client.execute()
+    client.execute()  # raises CellExecutionError on the first cell that fails
     outputs = "\n".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"
     )
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
     if name == "01_quickstart.ipynb":
         assert "before training:" in outputs and "after: " in outputs
         assert (tmp_path / "neighbours.png").is_file()

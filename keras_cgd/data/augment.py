@@ -233,6 +233,23 @@ def multigrain_after_crop(crop, seed, image_size, antialias=False):
     return multigrain_color_augment(x, s_col)
 
 
+def check_test_resize(image_size=None, longest_side=None):
+    """Validates the sizes of `resize_for_test`; returns `(H, W)`, or None with `longest_side`."""
+    if (image_size is None) == (longest_side is None):
+        raise ValueError(
+            "Exactly one of `image_size` and `longest_side` must be given. "
+            f"Received: image_size={image_size!r}, longest_side={longest_side!r}"
+        )
+    if longest_side is not None:
+        if not isinstance(longest_side, (int, np.integer)) or isinstance(longest_side, bool) or longest_side < 1:
+            raise ValueError(
+                "Invalid value received for argument `longest_side`. Expected a positive int. "
+                f"Received: longest_side={longest_side!r}"
+            )
+        return None
+    return check_image_size(image_size)
+
+
 def resize_for_test(image, image_size=None, longest_side=None, center_crop=False, antialias=True):
     """Test-time resizing (no randomness).
 
@@ -245,23 +262,13 @@ def resize_for_test(image, image_size=None, longest_side=None, center_crop=False
 
     Returns float32 pixel values in [0, 255].
     """
-    if (image_size is None) == (longest_side is None):
-        raise ValueError(
-            "Exactly one of `image_size` and `longest_side` must be given. "
-            f"Received: image_size={image_size!r}, longest_side={longest_side!r}"
-        )
+    size = check_test_resize(image_size, longest_side)
     image = tf.cast(image, tf.float32)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     if longest_side is not None:
-        if not isinstance(longest_side, (int, np.integer)) or longest_side < 1:
-            raise ValueError(
-                "Invalid value received for argument `longest_side`. Expected a positive int. "
-                f"Received: longest_side={longest_side!r}"
-            )
         factor = float(longest_side) / tf.reduce_max(shape)
         new = tf.cast(tf.maximum(tf.round(shape * factor), 1.0), tf.int32)
         return _resize(image, new, antialias)
-    size = check_image_size(image_size)
     if not center_crop:
         return _resize(image, size, antialias)
     short = float(int(256.0 / 224.0 * min(size)))

@@ -17,6 +17,8 @@ finite with a known cardinality, so `model.fit(batches, epochs=n)` needs no
 `steps_per_epoch`.
 """
 
+import collections
+
 import numpy as np
 import tensorflow as tf
 
@@ -56,31 +58,65 @@ def _as_image_dataset(dataset):
         spec = {"image": spec[0], "label": spec[1]}
     else:
         raise ValueError(f"Expected dataset elements `{{'image', 'label'}}` or `(image, label)`. Received: {spec}")
-    cols = {k: [] for k in ds.element_spec}
-    for batch in ds.batch(8192).as_numpy_iterator():
-        for k, v in batch.items():
-            cols[k].append(v)
-    cols = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in cols.items()}
+    cols = _collect_columns(ds)
     labels = cols["label"].astype("int32")
     names = [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
     box = cols.get("box")
     if spec["image"].dtype == tf.string:
         paths = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in cols["image"]]
         return ImageDataset(labels, names, paths=paths, boxes=box, root="<tf.data.Dataset>")
-    return ImageDataset(labels, names, images=cols["image"].astype("uint8"), root="<tf.data.Dataset>")
+    return ImageDataset(labels, names, images=cols["image"].astype("uint8"), boxes=box, root="<tf.data.Dataset>")
 
 
-def _decode_region(contents, box):
-    """Decodes an image file (any of JPEG/PNG/GIF/BMP) to uint8 RGB, cropped to `box`."""
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    if box is None:
-        return image
-    shape = tf.shape(image)
+def _collect_columns(ds):
+    """Reads a finite dataset of dicts into NumPy columns `{key: (N, ...) array}`.
+
+    Images of unknown static shape are read one by one and must all have one shape
+    (an `ImageDataset` holds in-memory images as one `(N, H, W, 3)` array).
+    """
+    if ds.element_spec["image"].shape.is_fully_defined():
+        cols = {k: [] for k in ds.element_spec}
+        for batch in ds.batch(8192).as_numpy_iterator():
+            for k, v in batch.items():
+                cols[k].append(v)
+        return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in cols.items()}
+    rows = list(ds.as_numpy_iterator())
+    if ds.element_spec["image"].dtype != tf.string:
+        shapes = sorted({tuple(int(d) for d in r["image"].shape) for r in rows})
+        if len(shapes) > 1:
+            shown = ", ".join(str(sh) for sh in shapes[:5]) + (" ..." if len(shapes) > 5 else "")
+            raise ValueError(
+                "Invalid value received for argument `dataset`. Expected decoded images that all have "
+                "one shape (H, W, 3): resize them in the dataset, or give file paths instead of "
+                f"decoded images. Received: {len(shapes)} different image shapes: {shown}"
+            )
+    return {k: np.stack([r[k] for r in rows]) if rows else np.zeros((0,)) for k in ds.element_spec}
+
+
+def _box_window(shape, box):
+    """`(y0, x0, height, width)` of `box = [x0, y0, x1, y1]` (pixels) inside an image of `shape`.
+
+    The box is widened to whole pixels (floor of the start, ceil of the end) and clipped
+    to the image, keeping at least one pixel.
+    """
     x0 = tf.clip_by_value(tf.cast(tf.floor(box[0]), tf.int32), 0, shape[1] - 1)
     y0 = tf.clip_by_value(tf.cast(tf.floor(box[1]), tf.int32), 0, shape[0] - 1)
     x1 = tf.clip_by_value(tf.cast(tf.math.ceil(box[2]), tf.int32), x0 + 1, shape[1])
     y1 = tf.clip_by_value(tf.cast(tf.math.ceil(box[3]), tf.int32), y0 + 1, shape[0])
-    return image[y0:y1, x0:x1, :]
+    return y0, x0, y1 - y0, x1 - x0
+
+
+def _crop_to_box(image, box):
+    """Crops a `(H, W, 3)` image to `box = [x0, y0, x1, y1]` (None: the whole image)."""
+    if box is None:
+        return image
+    y0, x0, h, w = _box_window(tf.shape(image), box)
+    return image[y0 : y0 + h, x0 : x0 + w, :]
+
+
+def _decode_region(contents, box):
+    """Decodes an image file (any of JPEG/PNG/GIF/BMP) to uint8 RGB, cropped to `box`."""
+    return _crop_to_box(tf.io.decode_image(contents, channels=3, expand_animations=False), box)
 
 
 def _multigrain_from_file(contents, box, seed, size, antialias):
@@ -90,11 +126,7 @@ def _multigrain_from_file(contents, box, seed, size, antialias):
     def region_of(shape):
         if box is None:
             return tf.constant(0), tf.constant(0), shape[0], shape[1]
-        x0 = tf.clip_by_value(tf.cast(tf.floor(box[0]), tf.int32), 0, shape[1] - 1)
-        y0 = tf.clip_by_value(tf.cast(tf.floor(box[1]), tf.int32), 0, shape[0] - 1)
-        x1 = tf.clip_by_value(tf.cast(tf.math.ceil(box[2]), tf.int32), x0 + 1, shape[1])
-        y1 = tf.clip_by_value(tf.cast(tf.math.ceil(box[3]), tf.int32), y0 + 1, shape[0])
-        return y0, x0, y1 - y0, x1 - x0
+        return _box_window(shape, box)
 
     def jpeg():
         y0, x0, h, w = region_of(tf.io.extract_jpeg_shape(contents))
@@ -138,15 +170,16 @@ def _check_augmentation(augmentation):
 
 def _loader(data, augmentation, size, antialias):
     """Returns `load(index, seed) -> float32 (H, W, 3)` for an `ImageDataset`."""
+    boxes = tf.constant(data.boxes) if data.boxes is not None else None
     if data.images is not None:
         images = tf.constant(data.images)
 
         def load(i, seed):
-            return _augment_image(tf.gather(images, i), seed, augmentation, size, antialias)
+            box = tf.gather(boxes, i) if boxes is not None else None
+            return _augment_image(_crop_to_box(tf.gather(images, i), box), seed, augmentation, size, antialias)
 
         return load
     paths = tf.constant(data.paths.astype(str))
-    boxes = tf.constant(data.boxes) if data.boxes is not None else None
 
     def load(i, seed):
         contents = tf.io.read_file(tf.gather(paths, i))
@@ -196,19 +229,17 @@ def _pipeline(data, plan_fn, steps, batch_size, size, augmentation, seed, rankin
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def class_balanced_plan(labels, classes_per_batch, images_per_class, steps, rng, small_classes="repeat"):
-    """Index plan of `steps` P×K batches (NumPy), flattened to `(steps * P * K,)`.
-
-    Each batch: P distinct classes drawn uniformly without replacement from the eligible
-    classes; for each, K distinct images drawn without replacement from the class. A
-    class with fewer than K images gives all of its images plus random repeats of them
-    (`small_classes="repeat"`) or is never drawn (`"drop"`). Batch b holds class blocks
-    `plan[b*P*K + j*K : b*P*K + (j+1)*K]`, j = 0..P-1.
-    """
+def _class_groups(labels, classes):
+    """Indices of the images of each class in `classes` (increasing), `[int64 array]`."""
     labels = np.asarray(labels)
-    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    if small_classes == "drop":
-        groups = [g for g in groups if len(g) >= images_per_class]
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], classes, side="left")
+    ends = np.searchsorted(labels[order], classes, side="right")
+    return [order[a:b].astype("int64") for a, b in zip(starts, ends)]
+
+
+def _plan_from_groups(groups, classes_per_batch, images_per_class, steps, rng):
+    """P×K plan drawn from precomputed class groups (see `class_balanced_plan`)."""
     out = np.empty((steps, classes_per_batch, images_per_class), dtype="int64")
     for s in range(steps):
         chosen = rng.choice(len(groups), classes_per_batch, replace=False)
@@ -220,6 +251,22 @@ def class_balanced_plan(labels, classes_per_batch, images_per_class, steps, rng,
                 extra = rng.choice(g, images_per_class - len(g), replace=True)
                 out[s, j] = np.concatenate([rng.permutation(g), extra])
     return out.reshape(-1)
+
+
+def class_balanced_plan(labels, classes_per_batch, images_per_class, steps, rng, small_classes="repeat"):
+    """Index plan of `steps` P×K batches (NumPy), flattened to `(steps * P * K,)`.
+
+    Each batch: P distinct classes drawn uniformly without replacement from the eligible
+    classes; for each, K distinct images drawn without replacement from the class. A
+    class with fewer than K images gives all of its images plus random repeats of them
+    (`small_classes="repeat"`) or is never drawn (`"drop"`). Batch b holds class blocks
+    `plan[b*P*K + j*K : b*P*K + (j+1)*K]`, j = 0..P-1.
+    """
+    labels = np.asarray(labels)
+    groups = _class_groups(labels, np.unique(labels))
+    if small_classes == "drop":
+        groups = [g for g in groups if len(g) >= images_per_class]
+    return _plan_from_groups(groups, classes_per_batch, images_per_class, steps, rng)
 
 
 def class_balanced_batches(
@@ -308,12 +355,10 @@ def class_balanced_batches(
         steps = max(1, usable // (p * k))
     else:
         steps = _check_positive_int(steps_per_epoch, "steps_per_epoch")
-    labels = data.labels
-    index_map = np.flatnonzero(keep)
+    groups = _class_groups(data.labels, np.flatnonzero(eligible))  # once, not every epoch
 
     def plan(rng):
-        local = class_balanced_plan(labels[index_map], p, k, steps, rng, small_classes)
-        return index_map[local]
+        return _plan_from_groups(groups, p, k, steps, rng)
 
     return _pipeline(data, plan, steps, p * k, size, augmentation, seed, "class", antialias)
 
@@ -326,15 +371,15 @@ def repeated_augmentation_plan(num_images, distinct_per_batch, repeats, steps, r
     each is repeated `repeats` times consecutively.
     """
     out = []
-    queue = list(rng.permutation(num_images))
+    queue = collections.deque(rng.permutation(num_images).tolist())
     for _ in range(steps):
         batch = []
         while len(batch) < distinct_per_batch:
             if not queue:
-                perm = list(rng.permutation(num_images))
+                perm = rng.permutation(num_images).tolist()
                 taken = set(batch)
-                queue = [i for i in perm if i not in taken] + [i for i in perm if i in taken]
-            batch.append(queue.pop(0))
+                queue = collections.deque([i for i in perm if i not in taken] + [i for i in perm if i in taken])
+            batch.append(queue.popleft())
         out.append(np.repeat(np.asarray(batch, dtype="int64"), repeats))
     return np.concatenate(out)
 
@@ -441,19 +486,18 @@ def inference_batches(dataset, batch_size=32, image_size=None, longest_side=None
             "Invalid value received for argument `batch_size`. With `longest_side` images keep "
             f"their aspect ratio and differ in shape, so batch_size must be 1. Received: batch_size={bs}"
         )
-    if image_size is not None:
-        aug.check_image_size(image_size)
-    aug.resize_for_test(tf.zeros([4, 4, 3]), image_size, longest_side, center_crop)  # validates
+    aug.check_test_resize(image_size, longest_side)
     labels = tf.constant(data.labels)
+    boxes = tf.constant(data.boxes) if data.boxes is not None else None
     if data.images is not None:
         images = tf.constant(data.images)
 
         def load(i):
-            return tf.gather(images, i)
+            box = tf.gather(boxes, i) if boxes is not None else None
+            return _crop_to_box(tf.gather(images, i), box)
 
     else:
         paths = tf.constant(data.paths.astype(str))
-        boxes = tf.constant(data.boxes) if data.boxes is not None else None
 
         def load(i):
             box = tf.gather(boxes, i) if boxes is not None else None

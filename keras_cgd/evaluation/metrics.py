@@ -20,6 +20,8 @@ Queries with no relevant item in the gallery score 0 and count in the mean.
 
 import numpy as np
 
+from keras_cgd.evaluation.neighbors import _as_index_array
+from keras_cgd.evaluation.neighbors import _validate_k
 from keras_cgd.evaluation.neighbors import iter_topk_neighbors
 
 
@@ -70,24 +72,13 @@ def _setup(embeddings, labels, query_embeddings, query_labels, query_indices):
         )
     if query_indices is None:
         return None, gallery, gallery_labels, gallery_labels, None
-    query_indices = np.asarray(query_indices)
-    if (
-        query_indices.ndim != 1
-        or not np.issubdtype(query_indices.dtype, np.integer)
-        or (query_indices.size and query_indices.min() < 0)
-        or (query_indices.size and query_indices.max() >= gallery.shape[0])
-    ):
-        raise ValueError(
-            "Invalid value received for argument `query_indices`. Expected a "
-            f"1-D integer array of gallery indices in [0, {gallery.shape[0]}). "
-            f"Received: {query_indices!r}"
-        )
+    query_indices = _as_index_array(query_indices, None, "query_indices", high=gallery.shape[0])
     return (
         gallery[query_indices],
         gallery,
         gallery_labels[query_indices],
         gallery_labels,
-        query_indices.astype(np.int64),
+        query_indices,
     )
 
 
@@ -134,16 +125,6 @@ def _num_queries(setup):
     if n == 0:
         raise ValueError("Expected at least one query. Received: 0 queries.")
     return n
-
-
-def _validate_k(k, available, name="k"):
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= available:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected an integer "
-            f"in [1, {available}] (gallery items a query can retrieve). "
-            f"Received: {name}={k!r}"
-        )
-    return int(k)
 
 
 def recall_at_k(

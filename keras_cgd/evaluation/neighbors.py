@@ -46,6 +46,37 @@ def _as_matrix(x, name):
     return x
 
 
+def _validate_k(k, available, name="k", limit="the number of gallery items a query can retrieve"):
+    """Returns `k` as an int after checking `1 <= k <= available`."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= available:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected an integer "
+            f"in [1, {available}] ({limit}). Received: {name}={k!r}"
+        )
+    return int(k)
+
+
+def _as_index_array(x, n, name, low=0, high=None):
+    """Returns `x` as int64 `(n,)` (any length if `n` is None), values in `[low, high)`.
+
+    `low=None` / `high=None` leave that side unbounded.
+    """
+    x = np.asarray(x)
+    if x.ndim != 1 or (n is not None and x.shape[0] != n) or not np.issubdtype(x.dtype, np.integer):
+        expected = "a 1-D integer array" if n is None else f"an integer array of shape ({n},)"
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected {expected}. "
+            f"Received: {name} with shape {x.shape} and dtype {x.dtype}"
+        )
+    if x.size and ((low is not None and x.min() < low) or (high is not None and x.max() >= high)):
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected integers in "
+            f"[{'-inf' if low is None else low}, {'inf' if high is None else high}). "
+            f"Received: {name} with min={x.min()} and max={x.max()}"
+        )
+    return x.astype(np.int64)
+
+
 def _validate_metric(metric):
     if metric not in METRICS:
         raise ValueError(
@@ -153,21 +184,8 @@ def _resolve_exclude(exclude, exclude_self, num_queries, num_gallery, same):
         return np.arange(num_queries, dtype=np.int64)
     if exclude is None:
         return None
-    exclude = np.asarray(exclude)
-    if exclude.shape != (num_queries,) or not np.issubdtype(exclude.dtype, np.integer):
-        raise ValueError(
-            "Invalid value received for argument `exclude`. Expected an integer "
-            f"array of shape ({num_queries},) (one gallery index per query, -1 "
-            f"for none). Received: exclude with shape {exclude.shape} and dtype "
-            f"{exclude.dtype}"
-        )
-    if exclude.size and (exclude.min() < -1 or exclude.max() >= num_gallery):
-        raise ValueError(
-            "Invalid value received for argument `exclude`. Expected gallery "
-            f"indices in [-1, {num_gallery - 1}]. Received: min={exclude.min()}, "
-            f"max={exclude.max()}"
-        )
-    return exclude.astype(np.int64)
+    # One gallery index per query, -1 for none.
+    return _as_index_array(exclude, num_queries, "exclude", low=-1, high=num_gallery)
 
 
 def iter_topk_neighbors(
@@ -202,13 +220,31 @@ def iter_topk_neighbors(
     num_queries, num_gallery = queries.shape[0], gallery.shape[0]
     exclude = _resolve_exclude(exclude, exclude_self, num_queries, num_gallery, same)
     available = num_gallery - (1 if exclude is not None and (exclude >= 0).any() else 0)
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= available:
-        raise ValueError(
-            "Invalid value received for argument `k`. Expected an integer in "
-            f"[1, {available}] (the number of gallery items a query can "
-            f"retrieve). Received: k={k!r}"
-        )
-    k = int(k)
+    k = _validate_k(k, available)
+    if metric == "cosine":
+        # Cosine is the inner product of L2-normalised vectors.
+        gallery = _l2_normalize(gallery)
+        queries = gallery if same else _l2_normalize(queries)
+    yield from _iter_prepared(
+        queries,
+        gallery,
+        k,
+        exclude=exclude,
+        euclidean=metric == "euclidean",
+        chunk_size=chunk_size,
+        num_threads=num_threads,
+    )
+
+
+def _iter_prepared(queries, gallery, k, *, exclude=None, euclidean=False, chunk_size=None, num_threads=None):
+    """The block loop of `iter_topk_neighbors` on already validated inputs.
+
+    `queries` and `gallery` are finite 2-D arrays of one float dtype (already
+    L2-normalised for cosine), `k` a valid int, `exclude` None or int64 `(Q,)`.
+    Scores are inner products, or Euclidean distances if `euclidean`.
+    """
+    dtype = gallery.dtype
+    num_queries, num_gallery = queries.shape[0], gallery.shape[0]
     if chunk_size is None:
         # The score block plus the (chunk_size, k) results and their sort.
         per_row = max(num_gallery, 1) * dtype.itemsize + k * 32
@@ -223,10 +259,7 @@ def iter_topk_neighbors(
         num_threads = os.cpu_count() or 1
     num_threads = max(1, int(num_threads))
 
-    if metric == "cosine":
-        gallery = _l2_normalize(gallery)
-        queries = gallery if same else _l2_normalize(queries)
-    elif metric == "euclidean":
+    if euclidean:
         # ||q - g||^2 = ||q||^2 + ||g||^2 - 2 q.g ; rank by 2 q.g - ||g||^2.
         gallery_sq = np.einsum("ij,ij->i", gallery, gallery)
     gallery_t = gallery.T
@@ -254,7 +287,7 @@ def iter_topk_neighbors(
             stop = min(start + chunk_size, num_queries)
             q = queries[start:stop]
             block = q @ gallery_t
-            if metric == "euclidean":
+            if euclidean:
                 block *= 2
                 block -= gallery_sq[None, :]
             if exclude is not None:
@@ -263,7 +296,7 @@ def iter_topk_neighbors(
                 block[rows, ex[rows]] = -np.inf
             indices, values = select(block)
             del block
-            if metric == "euclidean":
+            if euclidean:
                 q_sq = np.einsum("ij,ij->i", q, q)[:, None]
                 values = np.sqrt(np.maximum(q_sq - values, 0))
             yield start, stop, indices, values
@@ -332,8 +365,12 @@ def topk_neighbors(
     ):
         indices.append(idx)
         values.append(val)
+    dtype = np.float64 if np.asarray(queries).dtype == np.float64 else np.float32
+    return _concat_blocks(indices, values, k, dtype)
+
+
+def _concat_blocks(indices, values, k, dtype):
+    """Stacks per-block results; `(0, k)` arrays when there were no queries."""
     if not indices:
-        dtype = np.asarray(queries).dtype
-        dtype = np.float64 if dtype == np.float64 else np.float32
         return np.zeros((0, k), np.int64), np.zeros((0, k), dtype)
     return np.concatenate(indices), np.concatenate(values)

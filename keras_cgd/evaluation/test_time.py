@@ -39,11 +39,50 @@ def resize_longest_side(image, size):
     return np.asarray(keras.ops.convert_to_numpy(out), np.float32)
 
 
-def _output_model(model, output):
-    if output in getattr(model, "output_names", []) or isinstance(model.output, dict) and output in model.output:
-        return model, output
-    layer = model.get_layer(output)  # ValueError with the layer names if absent
-    return keras.Model(model.inputs, layer.output), None
+def _is_model_output(model, name):
+    return name in getattr(model, "output_names", []) or isinstance(model.output, dict) and name in model.output
+
+
+def _output_model(model, names):
+    """A model with dict outputs holding `names` (output keys or layer names)."""
+    if all(_is_model_output(model, name) for name in names):
+        return model
+    outputs = {
+        # get_layer raises a ValueError listing the layer names if one is absent.
+        name: model.output[name] if _is_model_output(model, name) else model.get_layer(name).output
+        for name in names
+    }
+    return keras.Model(model.inputs, outputs)
+
+
+def _as_image_list(images):
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    images = list(images)
+    if not images:
+        raise ValueError("Expected at least one image. Received: 0 images.")
+    return images
+
+
+def _predict_outputs(model, images, names, gem_p=None, batch_size=32, gem_layer="gem"):
+    """`{name: (N, ...) array}` from one forward pass per batch of same-shape images."""
+    submodel = _output_model(model, names)
+    groups = {}
+    for i, im in enumerate(images):
+        groups.setdefault(np.shape(im), []).append(i)
+    results = {name: [None] * len(images) for name in names}
+    context = gem_p_override(model, gem_p, gem_layer) if gem_p is not None else contextlib.nullcontext()
+    with context:
+        for shape, members in groups.items():
+            for s in range(0, len(members), batch_size):
+                batch_ids = members[s : s + batch_size]
+                batch = np.stack([np.asarray(images[i], np.float32) for i in batch_ids])
+                out = submodel.predict_on_batch(batch)
+                for name in names:
+                    values = keras.ops.convert_to_numpy(out[name])
+                    for j, i in enumerate(batch_ids):
+                        results[name][i] = values[j]
+    return {name: np.stack(values) for name, values in results.items()}
 
 
 def embed_images(model, images, image_size=None, output="embedding", gem_p=None, batch_size=32, gem_layer="gem"):
@@ -69,30 +108,10 @@ def embed_images(model, images, image_size=None, output="embedding", gem_p=None,
 
     Reference: MultiGrain (Berman et al. 2019) `evaluate.py --input-crop rect`.
     """
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        images = list(images)
-    images = list(images)
-    if not images:
-        raise ValueError("Expected at least one image. Received: 0 images.")
-    submodel, key = _output_model(model, output)
+    images = _as_image_list(images)
     if image_size is not None:
         images = [resize_longest_side(im, image_size) for im in images]
-    groups = {}
-    for i, im in enumerate(images):
-        groups.setdefault(np.shape(im), []).append(i)
-    results = [None] * len(images)
-    context = gem_p_override(model, gem_p, gem_layer) if gem_p is not None else contextlib.nullcontext()
-    with context:
-        for shape, members in groups.items():
-            for s in range(0, len(members), batch_size):
-                batch_ids = members[s : s + batch_size]
-                batch = np.stack([np.asarray(images[i], np.float32) for i in batch_ids])
-                out = submodel.predict_on_batch(batch)
-                out = out[key] if key is not None else out
-                out = keras.ops.convert_to_numpy(out)
-                for j, i in enumerate(batch_ids):
-                    results[i] = out[j]
-    return np.stack(results)
+    return _predict_outputs(model, images, [output], gem_p, batch_size, gem_layer)[output]
 
 
 @contextlib.contextmanager
@@ -135,7 +154,9 @@ def select_gem_p(
 ):
     """Chooses p* by grid search on a validation set (no retraining).
 
-    For each candidate p the model is run with `gem_p_override` and scored;
+    The images are resized once; for each candidate p the model is run once
+    (one forward pass per batch gives every output needed) with
+    `gem_p_override` and scored;
     the best score wins (ties: the earlier candidate). The model's p is
     restored afterwards.
 
@@ -164,13 +185,14 @@ def select_gem_p(
     if not candidates:
         raise ValueError("Invalid value received for argument `candidates`. Expected at least one p. Received: []")
     keys = ["embedding", "logits"] if callable(objective) else ["logits" if objective == "accuracy" else "embedding"]
+    # A callable objective also gets the logits when the model has them.
+    keys = [key for key in keys if key != "logits" or objective == "accuracy" or _is_model_output(model, "logits")]
+    images = _as_image_list(images)
+    if image_size is not None:
+        images = [resize_longest_side(im, image_size) for im in images]
     scores = {}
     for p in candidates:
-        outputs = {
-            key: embed_images(model, images, image_size, key, gem_p=p, batch_size=batch_size, gem_layer=gem_layer)
-            for key in keys
-            if key != "logits" or objective == "accuracy" or "logits" in getattr(model, "output_names", [])
-        }
+        outputs = _predict_outputs(model, images, keys, gem_p=p, batch_size=batch_size, gem_layer=gem_layer)
         if callable(objective):
             score = objective(outputs, labels)
         elif objective == "accuracy":

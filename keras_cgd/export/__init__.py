@@ -7,12 +7,14 @@ from JAX it goes through a `.keras` file and a TensorFlow subprocess).
 """
 
 from keras_cgd.export.saved_model import DEFAULT_MAX_IMAGE_PIXELS
+from keras_cgd.export.saved_model import DEFAULT_MAX_REQUEST_PIXELS
 from keras_cgd.export.saved_model import METADATA_FILENAME
 from keras_cgd.export.saved_model import export_saved_model
 from keras_cgd.export.saved_model import list_versions
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_REQUEST_PIXELS",
     "METADATA_FILENAME",
     "export_saved_model",
     "list_versions",

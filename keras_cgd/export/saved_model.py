@@ -28,14 +28,18 @@ import tempfile
 
 import keras
 
+from keras_cgd.serving.rest import INT64_MAX
+
 METADATA_FILENAME = "keras_cgd.json"
 """Name of the preprocessing-facts file under `<version>/assets.extra/`."""
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 """Largest width × height an exported `image_bytes` signature decodes (50 MP)."""
 
-_VERSION_RE = re.compile(r"^\d+$")
-_INT64_MAX = 2**63 - 1
+DEFAULT_MAX_REQUEST_PIXELS = 200_000_000
+"""Largest sum of header-declared width × height in one `image_bytes` call (200 MP)."""
+
+_VERSION_RE = re.compile(r"[0-9]+")
 
 
 def list_versions(model_dir):
@@ -47,19 +51,30 @@ def list_versions(model_dir):
     Returns:
         A sorted list of ints; `[]` when `model_dir` does not exist.
     """
+    return sorted(version_dirs(model_dir))
+
+
+def version_dirs(model_dir):
+    """`{version: path}` of the numeric (ASCII digits) child directories of `model_dir`.
+
+    The implementation behind `list_versions`, also used by `keras-cgd serve`,
+    which needs the directory names (`"007"` is version 7, as in TF Serving).
+    `{}` when `model_dir` does not exist.
+    """
     if not os.path.isdir(model_dir):
-        return []
-    return sorted(
-        int(name)
-        for name in os.listdir(model_dir)
-        if _VERSION_RE.match(name) and os.path.isdir(os.path.join(model_dir, name))
-    )
+        return {}
+    found = {}
+    for name in os.listdir(model_dir):
+        path = os.path.join(model_dir, name)
+        if _VERSION_RE.fullmatch(name) and os.path.isdir(path):
+            found[int(name)] = path
+    return found
 
 
 def _check_version(version):
     if version is None:
         return None
-    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= _INT64_MAX:
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= INT64_MAX:
         raise ValueError(
             "Invalid value received for argument `version`. Expected None (next "
             "version) or a non-negative int (TF Serving parses version directory names "
@@ -83,17 +98,13 @@ def _check_image_size(image_size):
     return size
 
 
-def _check_max_pixels(max_image_pixels):
-    if (
-        isinstance(max_image_pixels, bool)
-        or not isinstance(max_image_pixels, int)
-        or max_image_pixels < 1
-    ):
+def _check_max_pixels(value, name="max_image_pixels"):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
-            "Invalid value received for argument `max_image_pixels`. Expected a positive "
-            f"int. Received: max_image_pixels={max_image_pixels!r}"
+            f"Invalid value received for argument `{name}`. Expected a positive "
+            f"int. Received: {name}={value!r}"
         )
-    return max_image_pixels
+    return value
 
 
 def _preprocessing_of(model, image_size):
@@ -115,6 +126,7 @@ def export_saved_model(
     max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
     antialias=True,
     verbose=False,
+    max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS,
 ):
     """Export `model` as `model_dir/<version>/` for TensorFlow Serving.
 
@@ -128,7 +140,8 @@ def export_saved_model(
       normalises inside. An image whose header declares more than
       `max_image_pixels` pixels, a truncated file or bytes that are not an image
       fail with `InvalidArgument` (HTTP 400 in TF Serving), before any large
-      allocation.
+      allocation; so does a call whose images declare more than
+      `max_request_pixels` pixels in all. Images are decoded one at a time.
     - `serving_pixels`: input `images`, float32 `(None, H, W, 3)` RGB pixels in
       [0, 255].
 
@@ -153,6 +166,9 @@ def export_saved_model(
         antialias: antialiasing of the bilinear resize (evaluation's default is
             True).
         verbose: print Keras' export summary.
+        max_request_pixels: the decoder refuses a call whose images declare more
+            than this many pixels in all (images over `max_image_pixels` aside,
+            they fail on their own), before decoding any.
 
     Returns:
         The path of the written version directory.
@@ -165,6 +181,7 @@ def export_saved_model(
     """
     version = _check_version(version)
     max_image_pixels = _check_max_pixels(max_image_pixels)
+    max_request_pixels = _check_max_pixels(max_request_pixels, "max_request_pixels")
     if not isinstance(model_dir, (str, os.PathLike)):
         raise TypeError(
             "Invalid type received for argument `model_dir`. Expected a path. "
@@ -181,10 +198,12 @@ def export_saved_model(
         _resolve_version(model_dir, version)  # refuse an existing version before any work
     if keras.backend.backend() != "tensorflow":
         return _export_in_subprocess(
-            model, model_dir, version, preprocessing, max_image_pixels, antialias, verbose
+            model, model_dir, version, preprocessing, max_image_pixels, antialias, verbose,
+            max_request_pixels,
         )
     return _export_tensorflow(
-        model, model_dir, version, preprocessing, max_image_pixels, antialias, verbose
+        model, model_dir, version, preprocessing, max_image_pixels, antialias, verbose,
+        max_request_pixels,
     )
 
 
@@ -203,7 +222,7 @@ def _resolve_version(model_dir, version):
 
 
 def _export_tensorflow(model, model_dir, version, preprocessing, max_image_pixels, antialias,
-                       verbose):
+                       verbose, max_request_pixels):
     import tensorflow as tf
 
     from keras_cgd.export.signatures import make_serving_functions
@@ -215,7 +234,8 @@ def _export_tensorflow(model, model_dir, version, preprocessing, max_image_pixel
         archive = keras.export.ExportArchive()
         archive.track(model)
         fns = make_serving_functions(
-            model, preprocessing["image_size"], max_image_pixels, antialias
+            model, preprocessing["image_size"], max_image_pixels, antialias,
+            max_request_pixels,
         )
         # The first endpoint becomes `serving_default` in TF Serving; register it
         # under that name explicitly.
@@ -238,6 +258,7 @@ def _export_tensorflow(model, model_dir, version, preprocessing, max_image_pixel
             "input": "RGB pixels in [0, 255]; the model normalises inside",
             "resize": {"method": "bilinear", "antialias": bool(antialias)},
             "max_image_pixels": max_image_pixels,
+            "max_request_pixels": max_request_pixels,
             "image_formats": ["jpeg", "png"],
             "signatures": {
                 "serving_default": {"inputs": {"image_bytes": "string [None]"}},
@@ -266,7 +287,7 @@ def _export_tensorflow(model, model_dir, version, preprocessing, max_image_pixel
 
 
 def _export_in_subprocess(model, model_dir, version, preprocessing, max_image_pixels, antialias,
-                          verbose):
+                          verbose, max_request_pixels):
     import keras_cgd
 
     work = tempfile.mkdtemp(prefix="keras_cgd_export_")
@@ -279,6 +300,7 @@ def _export_in_subprocess(model, model_dir, version, preprocessing, max_image_pi
             "version": version,
             "image_size": preprocessing["image_size"],
             "max_image_pixels": max_image_pixels,
+            "max_request_pixels": max_request_pixels,
             "antialias": bool(antialias),
             "verbose": bool(verbose),
             "result_path": os.path.join(work, "result.json"),
@@ -338,6 +360,7 @@ def _subprocess_main(request_path):
             max_image_pixels=request["max_image_pixels"],
             antialias=request["antialias"],
             verbose=request["verbose"],
+            max_request_pixels=request["max_request_pixels"],
         )
     except (ValueError, TypeError) as e:
         result = {"error": str(e), "error_type": type(e).__name__}

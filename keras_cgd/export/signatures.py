@@ -46,15 +46,30 @@ def image_header_shape(contents):
     return tf.cond(is_png, png_shape, lambda: tf.cond(is_jpeg, jpeg_shape, unknown))
 
 
+def _check_pixels(shape, max_image_pixels):
+    """Assert op: 1 ≤ height × width ≤ `max_image_pixels` for a header `shape`."""
+    pixels = tf.reduce_prod(tf.cast(shape, tf.float64))  # no int64 overflow
+    return tf.debugging.Assert(
+        tf.logical_and(tf.reduce_all(shape > 0), pixels <= max_image_pixels),
+        [
+            f"Invalid image: more than max_image_pixels={max_image_pixels} pixels "
+            "(or none) declared in its header; height, width =",
+            shape[0],
+            shape[1],
+        ],
+    )
+
+
 def decode_image_guarded(contents, image_size, max_image_pixels, antialias=True):
     """Decode one JPEG/PNG to float32 `(H, W, 3)` pixels in [0, 255], guarded.
 
     Checks, before the full decode: the bytes start like a JPEG or PNG file,
     and the header declares 1 ≤ height × width ≤ `max_image_pixels`. A failed
     check raises `InvalidArgumentError` (TF Serving: HTTP 400). Then
-    `tf.io.decode_image(channels=3, expand_animations=False)` and
-    `tf.image.resize(float32(image), image_size, "bilinear", antialias)`, as
-    evaluation does (`keras_cgd.data.resize_for_test`).
+    `tf.io.decode_image(channels=3, expand_animations=False)` (uint8) and
+    `tf.image.resize(image, image_size, "bilinear", antialias)`, which computes
+    in float32 and returns float32 as evaluation does
+    (`keras_cgd.data.resize_for_test`), without a full-size float32 copy.
 
     Args:
         contents: scalar `tf.string`.
@@ -78,33 +93,51 @@ def decode_image_guarded(contents, image_size, max_image_pixels, antialias=True)
     )
     with tf.control_dependencies([check_format]):
         shape = image_header_shape(contents)
-    pixels = shape[0] * shape[1]
-    check_size = tf.debugging.Assert(
-        tf.logical_and(tf.reduce_all(shape > 0), pixels <= max_image_pixels),
-        [
-            f"Invalid image: more than max_image_pixels={max_image_pixels} pixels "
-            "(or none) declared in its header; height, width =",
-            shape[0],
-            shape[1],
-        ],
-    )
-    with tf.control_dependencies([check_size]):
+    with tf.control_dependencies([_check_pixels(shape, max_image_pixels)]):
         image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    image = tf.cast(image, tf.float32)
-    return tf.image.resize(image, image_size, method="bilinear", antialias=antialias)
+    image = tf.image.resize(image, image_size, method="bilinear", antialias=antialias)
+    return tf.cast(image, tf.float32)
 
 
-def decode_images(image_bytes, image_size, max_image_pixels, antialias=True):
-    """Batch version of `decode_image_guarded`: `[N]` string → `(N, H, W, 3)` float32."""
+def decode_images(image_bytes, image_size, max_image_pixels, max_request_pixels=None,
+                  antialias=True):
+    """Batch version of `decode_image_guarded`: `[N]` string → `(N, H, W, 3)` float32.
+
+    Before any decoding, the pixels declared by all the headers must sum to at
+    most `max_request_pixels` (None: no per-request budget), else
+    `InvalidArgumentError`. Images are decoded one at a time
+    (`parallel_iterations=1`), so at most one full-size image is in memory.
+    """
     h, w = image_size
+    checks = []
+    if max_request_pixels is not None:
+        shapes = tf.map_fn(
+            image_header_shape, image_bytes, fn_output_signature=tf.TensorSpec([2], tf.int64)
+        )
+        pixels = tf.reduce_prod(tf.maximum(tf.cast(shapes, tf.float64), 0.0), axis=1)
+        # An image over max_image_pixels fails its own check before it is decoded.
+        total = tf.reduce_sum(tf.where(pixels <= max_image_pixels, pixels, 0.0))
+        checks.append(tf.debugging.Assert(
+            total <= max_request_pixels,
+            [
+                f"Invalid request: more than max_request_pixels={max_request_pixels} pixels "
+                "declared in the headers of its images; send fewer or smaller images. "
+                "Declared pixels =",
+                tf.cast(total, tf.int64),
+            ],
+        ))
+    with tf.control_dependencies(checks):
+        image_bytes = tf.identity(image_bytes)
     return tf.map_fn(
         lambda b: decode_image_guarded(b, image_size, max_image_pixels, antialias),
         image_bytes,
         fn_output_signature=tf.TensorSpec([h, w, 3], tf.float32),
+        parallel_iterations=1,
     )
 
 
-def make_serving_functions(model, image_size, max_image_pixels, antialias=True):
+def make_serving_functions(model, image_size, max_image_pixels, antialias=True,
+                           max_request_pixels=None):
     """The `serving_default` (bytes) and `serving_pixels` (float) functions.
 
     Returns a dict with both functions and `output_dims` (filled on tracing):
@@ -126,7 +159,8 @@ def make_serving_functions(model, image_size, max_image_pixels, antialias=True):
         return result
 
     def serving_bytes(image_bytes):
-        return forward(decode_images(image_bytes, image_size, max_image_pixels, antialias))
+        return forward(decode_images(image_bytes, image_size, max_image_pixels,
+                                     max_request_pixels, antialias))
 
     def serving_pixels(images):
         return forward(images)

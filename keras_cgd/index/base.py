@@ -7,14 +7,16 @@ directory, flushes it to disk and renames it over the target (`os.replace`),
 so a reader sees the old file or the new one, never a partial one.
 """
 
-import io
 import json
 import os
 import tempfile
 
 import numpy as np
 
-from keras_cgd.evaluation.neighbors import METRICS
+from keras_cgd.evaluation.neighbors import _as_index_array
+from keras_cgd.evaluation.neighbors import _as_matrix
+from keras_cgd.evaluation.neighbors import _validate_k
+from keras_cgd.evaluation.neighbors import _validate_metric
 
 FORMAT_VERSION = 1
 _REGISTRY = {}
@@ -25,15 +27,18 @@ def _register(cls):
     return cls
 
 
+def _current_umask():
+    """The process umask (read by setting it and putting it back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 class BaseIndex:
     """Vectors with int64 ids and optional JSON-serialisable metadata."""
 
     def __init__(self, metric="cosine", dimension=None):
-        if metric not in METRICS:
-            raise ValueError(
-                "Invalid value received for argument `metric`. Expected one of "
-                f"{METRICS}. Received: metric={metric!r}"
-            )
+        _validate_metric(metric)
         if dimension is not None and (
             isinstance(dimension, bool) or not isinstance(dimension, (int, np.integer)) or dimension < 1
         ):
@@ -45,6 +50,7 @@ class BaseIndex:
         self.dimension = None if dimension is None else int(dimension)
         self._ids = np.zeros((0,), np.int64)
         self._metadata = []
+        self._id_lookup = None  # (argsort of _ids, sorted _ids), built on demand
 
     # -- subclass hooks -------------------------------------------------
     def _add_vectors(self, vectors):
@@ -76,21 +82,12 @@ class BaseIndex:
         vectors = np.asarray(vectors)
         if vectors.ndim == 1:
             vectors = vectors[None, :]
-        if vectors.ndim != 2:
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected a 2-D "
-                f"array (num_vectors, dim). Received: {name}.shape={vectors.shape}"
-            )
+        vectors = _as_matrix(vectors, name)
         if self.dimension is not None and vectors.shape[1] != self.dimension:
             raise ValueError(
                 f"Invalid value received for argument `{name}`. Expected "
                 f"vectors of dimension {self.dimension}. Received: "
                 f"{name}.shape={vectors.shape}"
-            )
-        if not np.isfinite(vectors).all():
-            raise ValueError(
-                f"Invalid value received for argument `{name}`. Expected finite "
-                "values. Received an array containing NaN or inf."
             )
         return vectors.astype(np.float32, copy=False)
 
@@ -112,14 +109,7 @@ class BaseIndex:
             first = int(self._ids.max()) + 1 if len(self) else 0
             ids = np.arange(first, first + n, dtype=np.int64)
         else:
-            ids = np.asarray(ids)
-            if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
-                raise ValueError(
-                    "Invalid value received for argument `ids`. Expected an "
-                    f"integer array of shape ({n},). Received: ids with shape "
-                    f"{ids.shape} and dtype {ids.dtype}"
-                )
-            ids = ids.astype(np.int64)
+            ids = _as_index_array(ids, n, "ids", low=None)
             if np.unique(ids).size != n or np.isin(ids, self._ids).any():
                 raise ValueError(
                     "Invalid value received for argument `ids`. Expected ids "
@@ -145,6 +135,7 @@ class BaseIndex:
             self.dimension = int(vectors.shape[1])
         self._add_vectors(vectors)
         self._ids = np.concatenate([self._ids, ids])
+        self._id_lookup = None
         self._metadata.extend(metadata)
         return ids
 
@@ -162,21 +153,20 @@ class BaseIndex:
             similarities or distances, best first.
         """
         queries = self._check_vectors(queries, "queries")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= len(self):
-            raise ValueError(
-                "Invalid value received for argument `k`. Expected an integer "
-                f"in [1, {len(self)}] (the index size). Received: k={k!r}"
-            )
-        positions, scores = self._search_positions(queries, int(k))
+        k = _validate_k(k, len(self), limit="the index size")
+        positions, scores = self._search_positions(queries, k)
         return self._ids[positions], scores.astype(np.float32, copy=False)
 
     def get_metadata(self, ids):
         """Metadata of the given ids (any shape), as nested lists."""
         ids = np.asarray(ids)
-        order = np.argsort(self._ids, kind="stable")
-        pos = np.searchsorted(self._ids[order], ids.ravel())
+        if self._id_lookup is None:
+            order = np.argsort(self._ids, kind="stable")
+            self._id_lookup = (order, self._ids[order])
+        order, sorted_ids = self._id_lookup
+        pos = np.searchsorted(sorted_ids, ids.ravel())
         pos = np.minimum(pos, max(len(self) - 1, 0))
-        if len(self) == 0 or (self._ids[order][pos] != ids.ravel()).any():
+        if len(self) == 0 or (sorted_ids[pos] != ids.ravel()).any():
             raise KeyError(f"Unknown ids: {np.setdiff1d(ids, self._ids).tolist()}")
         flat = np.empty(ids.size, dtype=object)
         for j, i in enumerate(order[pos]):
@@ -203,6 +193,9 @@ class BaseIndex:
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
+            # mkstemp creates the file with mode 0600; give it the mode a
+            # plain open() would (0666 minus the umask) so others can read it.
+            os.chmod(tmp, 0o666 & ~_current_umask())
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -232,8 +225,7 @@ def load_index(path):
     >>> load_index("/tmp/i.npz").search(np.eye(2), k=1)[0].tolist()
     [[0], [1]]
     """
-    with open(os.fspath(path), "rb") as f:
-        data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    with np.load(os.fspath(path), allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     if "header" not in arrays:
         raise ValueError(f"The file {path!r} is not a keras-cgd index (no header).")
@@ -243,10 +235,12 @@ def load_index(path):
             f"Unsupported index format version {header.get('format_version')!r} "
             f"in {path!r}; this keras-cgd reads version {FORMAT_VERSION}."
         )
-    name = header["class_name"]
+    name = header.get("class_name")
     if name not in _REGISTRY:
-        # FaissIndex registers itself when its module is imported.
-        from keras_cgd.index import faiss_index  # noqa: F401
+        raise ValueError(
+            f"The file {path!r} holds an index of unknown class {name!r}. "
+            f"Expected one of {sorted(_REGISTRY)}."
+        )
     cls = _REGISTRY[name]
     index = cls(**header["config"])
     index._ids = arrays.pop("ids").astype(np.int64)

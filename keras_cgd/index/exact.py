@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from keras_cgd.evaluation.neighbors import topk_neighbors
+from keras_cgd.evaluation.neighbors import _concat_blocks
+from keras_cgd.evaluation.neighbors import _iter_prepared
+from keras_cgd.evaluation.neighbors import _l2_normalize
 from keras_cgd.index.base import BaseIndex
 from keras_cgd.index.base import _register
 
@@ -11,9 +13,12 @@ from keras_cgd.index.base import _register
 class ExactIndex(BaseIndex):
     """Exact nearest-neighbour index with ids and metadata; no extra dependency.
 
-    Search scores every stored vector with `keras_cgd.evaluation.topk_neighbors`
-    (chunked, never a Q x N matrix), so results are exact and follow its tie
-    rule (equal scores: insertion order first).
+    Search scores every stored vector with the chunked loop of
+    `keras_cgd.evaluation.topk_neighbors` (never a Q x N matrix), so results
+    are exact and follow its tie rule (equal scores: insertion order first).
+    The stored vectors are validated once, on `add`; for `"cosine"` an
+    L2-normalised copy is kept between searches, so a search only normalises
+    its queries.
 
     Args:
         metric: `"cosine"` (default), `"inner_product"` or `"euclidean"`.
@@ -34,6 +39,7 @@ class ExactIndex(BaseIndex):
         self.chunk_size = chunk_size
         self._parts = []
         self._vectors = np.zeros((0, dimension or 0), np.float32)
+        self._gallery = None  # search-ready vectors (normalised for cosine)
 
     def get_config(self):
         config = super().get_config()
@@ -52,16 +58,25 @@ class ExactIndex(BaseIndex):
 
     def _add_vectors(self, vectors):
         self._parts.append(np.array(vectors, np.float32))
+        self._gallery = None
 
     def _search_positions(self, queries, k):
-        return topk_neighbors(
+        if self._gallery is None:
+            vectors = self.vectors
+            self._gallery = _l2_normalize(vectors) if self.metric == "cosine" else vectors
+        if self.metric == "cosine":
+            queries = _l2_normalize(queries)
+        indices, values = [], []
+        for _, _, idx, val in _iter_prepared(
             queries,
-            self.vectors,
+            self._gallery,
             k,
-            exclude_self=False,
-            metric=self.metric,
+            euclidean=self.metric == "euclidean",
             chunk_size=self.chunk_size,
-        )
+        ):
+            indices.append(idx)
+            values.append(val)
+        return _concat_blocks(indices, values, k, np.float32)
 
     def _vector_state(self):
         return {"vectors": self.vectors}
@@ -69,3 +84,4 @@ class ExactIndex(BaseIndex):
     def _restore_vector_state(self, arrays):
         self._vectors = arrays["vectors"].astype(np.float32)
         self._parts = []
+        self._gallery = None

@@ -6,6 +6,7 @@
 
 import numpy as np
 
+from keras_cgd.evaluation.neighbors import _l2_normalize
 from keras_cgd.index.base import BaseIndex
 from keras_cgd.index.base import _register
 
@@ -34,7 +35,8 @@ class FaissIndex(BaseIndex):
     `train(vectors)` before `add`. For `"cosine"` vectors are L2-normalised and
     searched by inner product; `"euclidean"` scores are distances (FAISS's
     squared distances, square-rooted). Results with equal scores are sorted by
-    insertion order.
+    insertion order, also when they straddle the k-th result (more results
+    are then fetched).
 
     Args:
         metric: `"cosine"` (default), `"inner_product"` or `"euclidean"`.
@@ -79,8 +81,7 @@ class FaissIndex(BaseIndex):
     def _prepare(self, vectors):
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.metric == "cosine":
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+            vectors = _l2_normalize(vectors)
         return vectors
 
     def train(self, vectors):
@@ -102,21 +103,35 @@ class FaissIndex(BaseIndex):
         self._index.add(self._prepare(vectors))
 
     def _search_positions(self, queries, k):
-        scores, positions = self._index.search(self._prepare(queries), k)
-        if (positions < 0).any():
-            raise RuntimeError(
-                f"FAISS returned fewer than k={k} results for some queries "
-                f"(index {self.factory!r}); lower k or search more cells (nprobe)."
-            )
-        if self.metric == "euclidean":
-            scores = np.sqrt(np.maximum(scores, 0))
-            order = np.lexsort((positions, scores), axis=-1)
-        else:
-            order = np.lexsort((positions, -scores), axis=-1)
-        return (
-            np.take_along_axis(positions, order, axis=1),
-            np.take_along_axis(scores, order, axis=1),
-        )
+        # FAISS picks arbitrary members of a group of equal scores that
+        # straddles the k-th result, so ask for more results until the last
+        # one scores worse than the k-th (the whole group is in), then sort by
+        # (score, insertion position) and keep k. Rows are re-searched only
+        # while they end in such a tie.
+        queries = self._prepare(queries)
+        num_queries, total = queries.shape[0], self._index.ntotal
+        positions = np.empty((num_queries, k), np.int64)
+        scores = np.empty((num_queries, k), np.float32)
+        rows = np.arange(num_queries)
+        fetch = min(k + 1, total)
+        while rows.size:
+            s, pos = self._index.search(queries[rows], fetch)
+            if (pos[:, :k] < 0).any():
+                raise RuntimeError(
+                    f"FAISS returned fewer than k={k} results for some queries "
+                    f"(index {self.factory!r}); lower k or search more cells (nprobe)."
+                )
+            if self.metric == "euclidean":
+                s = np.sqrt(np.maximum(s, 0))  # missing results (FLT_MAX) stay last
+                order = np.lexsort((pos, s), axis=-1)[:, :k]
+            else:
+                order = np.lexsort((pos, -s), axis=-1)[:, :k]
+            done = (s[:, k - 1] != s[:, -1]) | (fetch == total)
+            positions[rows[done]] = np.take_along_axis(pos[done], order[done], axis=1)
+            scores[rows[done]] = np.take_along_axis(s[done], order[done], axis=1)
+            rows = rows[~done]
+            fetch = min(2 * fetch, total)
+        return positions, scores
 
     def _vector_state(self):
         if self._index is None:

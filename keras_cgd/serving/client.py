@@ -6,6 +6,7 @@ reference server alike.
 """
 
 import base64
+import json
 import os
 import time
 
@@ -29,7 +30,8 @@ class Client:
     signature (input `image_bytes`, decoded and resized by the server exactly
     as evaluation does) and pixel arrays `(H, W, 3)` / `(N, H, W, 3)` (RGB in
     [0, 255], already at the model's image size) to `serving_pixels`. Requests
-    carry at most `batch_size` images; HTTP 503 (model loading / server busy)
+    carry at most `batch_size` images and, when the images allow it, at most
+    `max_request_bytes` of JSON (an image larger than that goes alone); HTTP 503 (model loading / server busy)
     and connection failures are retried `max_retries` times with exponential
     backoff.
 
@@ -39,6 +41,8 @@ class Client:
         version: int version to query (`/versions/<v>`), or None for the latest.
         label: version label (`/labels/<l>`); exclusive with `version`.
         batch_size: images per request.
+        max_request_bytes: largest request body to build (default 32 MiB,
+            `keras-cgd serve`'s default limit); batches are split to fit.
         timeout: seconds per HTTP request.
         max_retries: retries on 503 / connection errors.
         backoff: seconds before the first retry (doubled each time).
@@ -55,7 +59,7 @@ class Client:
     def __init__(self, url="http://localhost:8501", model_name="model", version=None, label=None,
                  batch_size=32, timeout=60.0, max_retries=3, backoff=0.5,
                  bytes_signature="serving_default", pixels_signature="serving_pixels",
-                 session=None):
+                 session=None, max_request_bytes=32 * 1024 * 1024):
         import requests
 
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -79,8 +83,9 @@ class Client:
                 "Invalid value received for argument `version`. Expected a non-negative "
                 f"int or None. Received: version={version!r}"
             )
-        for name, value in (("batch_size", batch_size), ("max_retries", max_retries)):
-            minimum = 1 if name == "batch_size" else 0
+        for name, value in (("batch_size", batch_size), ("max_retries", max_retries),
+                            ("max_request_bytes", max_request_bytes)):
+            minimum = 0 if name == "max_retries" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(
                     f"Invalid value received for argument `{name}`. Expected an int >= "
@@ -97,6 +102,7 @@ class Client:
             path += f"/labels/{quote(label, safe='')}"
         self._model_url = path
         self.batch_size = batch_size
+        self.max_request_bytes = max_request_bytes
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
@@ -105,13 +111,15 @@ class Client:
         self.session = session or requests.Session()
 
     # --- HTTP ------------------------------------------------------------------
-    def _request(self, method, url, payload=None):
+    def _request(self, method, url, payload=None, data=None):
         import requests
 
+        headers = {"Content-Type": "application/json"} if data is not None else None
         delay = self.backoff
         for attempt in range(self.max_retries + 1):
             try:
-                response = self.session.request(method, url, json=payload, timeout=self.timeout)
+                response = self.session.request(method, url, json=payload, data=data,
+                                                headers=headers, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as e:
                 if attempt == self.max_retries:
                     raise ServingError(None, f"{type(e).__name__}: {e}", url) from e
@@ -157,21 +165,40 @@ class Client:
             raise ValueError("Invalid value received for argument `images`. Expected at least "
                              "one image. Received: images=[]")
         results = [None] * len(items)
-        encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
-        pixels = [i for i, item in enumerate(items) if not isinstance(item, bytes)]
-        for start in range(0, len(encoded), self.batch_size):
-            chunk = encoded[start:start + self.batch_size]
-            inputs = [{"b64": base64.b64encode(items[i]).decode("ascii")} for i in chunk]
-            out = self._output(self.predict(inputs, self.bytes_signature), output)
-            for i, row in zip(chunk, out):
-                results[i] = row
-        for start in range(0, len(pixels), self.batch_size):
-            chunk = pixels[start:start + self.batch_size]
-            batch = np.stack([items[i] for i in chunk]).astype(np.float32)
-            out = self._output(self.predict(batch.tolist(), self.pixels_signature), output)
-            for i, row in zip(chunk, out):
-                results[i] = row
+        for signature, is_bytes in ((self.bytes_signature, True), (self.pixels_signature, False)):
+            indices = [i for i, item in enumerate(items) if isinstance(item, bytes) == is_bytes]
+            for chunk, texts in self._chunks(items, indices, signature):
+                body = (f'{{"signature_name": {json.dumps(signature)}, "inputs": ['
+                        + ",".join(texts) + "]}")
+                answer = self._request("POST", self._model_url + ":predict",
+                                       data=body.encode("ascii"))
+                out = self._output(answer["outputs"], output)
+                for i, row in zip(chunk, out):
+                    results[i] = row
         return np.stack(results).astype(np.float32)
+
+    def _chunks(self, items, indices, signature):
+        """`(indices, JSON texts)` groups within `batch_size` and `max_request_bytes`.
+
+        Consecutive images; one image over `max_request_bytes` goes alone.
+        """
+        overhead = len(f'{{"signature_name": {json.dumps(signature)}, "inputs": []}}')
+        chunk, texts, size = [], [], overhead
+        for i in indices:
+            item = items[i]
+            if isinstance(item, bytes):
+                text = json.dumps({"b64": base64.b64encode(item).decode("ascii")})
+            else:
+                text = json.dumps(np.asarray(item, np.float32).tolist())  # ASCII only
+            if chunk and (len(chunk) == self.batch_size
+                          or size + 1 + len(text) > self.max_request_bytes):
+                yield chunk, texts
+                chunk, texts, size = [], [], overhead
+            size += len(text) + (1 if chunk else 0)
+            chunk.append(i)
+            texts.append(text)
+        if chunk:
+            yield chunk, texts
 
     @staticmethod
     def _output(outputs, name):

@@ -24,7 +24,8 @@ GET_RE = re.compile(
     re.IGNORECASE,
 )
 V1_RE = re.compile(r"/v1/.*", re.IGNORECASE)
-_INT64_MAX = 2**63 - 1
+INT64_MAX = 2**63 - 1
+"""Largest version number: TF Serving parses version directory names as int64."""
 
 # TF dtype name → (numpy dtype, JSON kind accepted, name in messages).
 _DTYPES = {
@@ -80,7 +81,7 @@ def route(method, path):
     if not match:
         raise bad_request(f"Malformed request: {method} {path}")
     if version is not None:
-        if int(version) > _INT64_MAX:
+        if int(version) > INT64_MAX:
             raise bad_request(f"Failed to convert version: {version}")
         version = int(version)
     return {
@@ -105,6 +106,8 @@ def parse_json_body(body):
         raise bad_request(f"JSON Parse error: Invalid encoding in string. at offset: {e.start}")
     except json.JSONDecodeError as e:
         raise bad_request(f"JSON Parse error: {e.msg}. at offset: {e.pos}")
+    except ValueError as e:  # e.g. an integer literal beyond Python's 4300-digit limit
+        raise bad_request(f"JSON Parse error: Number too big to convert: {e}")
     except RecursionError:
         raise bad_request("JSON Parse error: Nesting too deep.")
     if not isinstance(doc, dict):
@@ -197,18 +200,23 @@ def json_to_array(value, dtype):
     if kind == "number":  # fast path for big float tensors
         try:
             arr = np.array(value)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             arr = None
         if arr is not None and arr.dtype.kind in "if":
             return arr.astype(np_dtype)
     shape = _shape_of(value)
     flat = []
     _collect(value, shape, 0, dtype, flat)
-    arr = np.empty(len(flat), dtype=np_dtype) if kind == "string" else None
     if kind == "string":
+        arr = np.empty(len(flat), dtype=np_dtype)
         arr[:] = flat
     else:
-        arr = np.array(flat, dtype=np_dtype)
+        try:
+            arr = np.array(flat, dtype=np_dtype)
+        except OverflowError as e:  # an integer too large for a float
+            raise bad_request(
+                f"JSON Value out of range for type: {_DTYPES[dtype][2]} ({e})"
+            )
     return arr.reshape(shape)
 
 

@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 
+from keras_cgd.export.saved_model import version_dirs
 from keras_cgd.serving import rest
 
 logger = logging.getLogger("keras_cgd.serving")
@@ -108,7 +109,7 @@ class ModelRepository:
         self._lock = threading.Lock()
         self._loaded = {}  # name -> {version: _LoadedVersion}
         self._states = {}  # name -> {version: (state, error_code, error_message)}
-        self._failed = {}  # (name, version) -> mtime of the failed saved_model.pb
+        self._failed = {}  # (name, version) -> _fingerprint of the version that failed
 
     def _model_dirs(self):
         if self.model_name is not None:
@@ -122,16 +123,36 @@ class ModelRepository:
 
     @staticmethod
     def _versions(model_dir):
-        found = {}
-        for child in os.listdir(model_dir):
-            if child.isdigit() and child.isascii():
-                path = os.path.join(model_dir, child)
-                if os.path.isfile(os.path.join(path, "saved_model.pb")):
-                    found[int(child)] = path
-        return found
+        return {
+            version: path
+            for version, path in version_dirs(model_dir).items()
+            if os.path.isfile(os.path.join(path, "saved_model.pb"))
+        }
+
+    @staticmethod
+    def _fingerprint(path):
+        """Every file and folder of a version directory with its size and mtime.
+
+        A failed load is retried only when this changes (e.g. `variables/`
+        arrived after `saved_model.pb`).
+        """
+        entries = []
+        for root, dirs, files in os.walk(path):
+            for child in dirs + files:
+                full = os.path.join(root, child)
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    continue
+                entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+        return tuple(sorted(entries))
 
     def poll(self):
-        """Load new versions, unload versions beyond `num_versions` or removed."""
+        """Load new versions, unload versions beyond `num_versions` or removed.
+
+        The highest `num_versions` versions that load are served: a newer
+        version that fails to load leaves the older ones in service.
+        """
         try:
             model_dirs = self._model_dirs()
         except OSError as e:
@@ -142,29 +163,35 @@ class ModelRepository:
                 versions = self._versions(model_dir)
             except OSError:
                 continue
-            loaded = self._loaded.get(name, {})
-            wanted = sorted(versions)[-self.num_versions:]
-            for version in wanted:
+            with self._lock:
+                loaded = set(self._loaded.get(name, {}))
+            keep = []
+            for version in sorted(versions, reverse=True):
+                if len(keep) == self.num_versions:
+                    break
                 if version in loaded:
+                    keep.append(version)
                     continue
                 path = versions[version]
-                mtime = os.path.getmtime(os.path.join(path, "saved_model.pb"))
-                if self._failed.get((name, version)) == mtime:
+                fingerprint = self._fingerprint(path)
+                if self._failed.get((name, version)) == fingerprint:
                     continue
                 try:
                     item = _LoadedVersion(path, version)
                 except Exception as e:  # a broken SavedModel must not stop the server
-                    self._failed[(name, version)] = mtime
+                    self._failed[(name, version)] = fingerprint
                     self._set_state(name, version, "END", "UNKNOWN", f"Failed to load: {e}")
                     logger.warning("Failed to load %s version %d: %s", name, version, e)
                     continue
+                self._failed.pop((name, version), None)
                 with self._lock:
                     self._loaded.setdefault(name, {})[version] = item
                 self._set_state(name, version, "AVAILABLE", "OK", "")
                 logger.info("Loaded model %s version %d from %s", name, version, path)
+                keep.append(version)
             with self._lock:
                 current = self._loaded.get(name, {})
-                for version in [v for v in current if v not in wanted]:
+                for version in [v for v in current if v not in keep]:
                     del current[version]
                     self._states[name][version] = ("END", "OK", "")
                     logger.info("Unloaded model %s version %d", name, version)

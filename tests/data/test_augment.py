@@ -59,11 +59,29 @@ def test_pca_lighting_matches_numpy_formula():
     np.testing.assert_allclose(out, np.clip((img + rgb) / 1.1, 0, 1), atol=1e-6)
 
 
+def _numpy_color_jitter(img, seed, a=0.3):
+    """Reference: same random draws (seed split into order/brightness/contrast/saturation), NumPy ops."""
+    s_order, s_b, s_c, s_s = tf.random.experimental.stateless_split(tf.constant(seed), 4).numpy()
+    fb, fc, fs = (float(tf.random.stateless_uniform([], s, 1 - a, 1 + a)) for s in (s_b, s_c, s_s))
+    order = np.argsort(tf.random.stateless_uniform([3], s_order).numpy())
+    gray = lambda x: (x * np.array([0.299, 0.587, 0.114])).sum(-1, keepdims=True)  # noqa: E731
+    ops = [
+        lambda x: np.clip(x * fb, 0, 1),
+        lambda x: np.clip(fc * x + (1 - fc) * gray(x).mean(), 0, 1),
+        lambda x: np.clip(fs * x + (1 - fs) * gray(x), 0, 1),
+    ]
+    x = img.astype("float64")
+    for k in order:
+        x = ops[k](x)
+    return x
+
+
 def test_color_jitter_stays_in_range_and_varies():
-    img = tf.constant(np.random.default_rng(2).random((8, 8, 3)).astype("float32"))
-    outs = [augment.color_jitter(img, tf.constant([s, 0])).numpy() for s in range(5)]
-    for o in outs:
+    img = np.random.default_rng(2).random((8, 8, 3)).astype("float32")
+    outs = [augment.color_jitter(tf.constant(img), tf.constant([s, 0])).numpy() for s in range(5)]
+    for s, o in enumerate(outs):
         assert o.min() >= 0 and o.max() <= 1
+        np.testing.assert_allclose(o, _numpy_color_jitter(img, [s, 0]), atol=1e-5)
     assert np.abs(outs[0] - outs[1]).max() > 1e-3
 
 

@@ -128,18 +128,80 @@ def test_batchers_accept_tf_data_of_paths(tmp_path):
     paths, labels = [], []
     for i in range(12):
         p = os.path.join(str(tmp_path), f"{i}.jpg" if i % 2 else f"{i}.png")
-        write_image(p, (i * 20, 100, 7), size=(50, 40))
+        write_image(p, (i * 20, 100, 7), size=(50, 40))  # red channel = 20 * file index
         paths.append(p)
         labels.append(i % 3)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    batches = kdata.repeated_augmentation_batches(ds, 6, 3, image_size=20, seed=0)  # JPEG and PNG files
-    for x, y in batches.as_numpy_iterator():
+    labels = np.asarray(labels)
+
+    def file_index(x):
+        red = x[:, :, :, 0].reshape(len(x), -1)
+        assert np.ptp(red, axis=1).max() < 8  # constant images stay near constant without augmentation
+        return np.round(red.mean(axis=1) / 20).astype(int)
+
+    ra = kdata.repeated_augmentation_batches(ds, 6, 3, image_size=20, augmentation="none", seed=0)  # JPEG + PNG
+    for x, y in ra.as_numpy_iterator():
         assert x.shape == (6, 20, 20, 3)
-        np.testing.assert_array_equal(y["logits"], np.asarray(labels)[y["embedding"]])
-    pk = kdata.class_balanced_batches(ds, 3, 2, image_size=20, seed=0)
+        idx = file_index(x)
+        np.testing.assert_array_equal(idx, y["embedding"])  # the image is the file its instance id names
+        np.testing.assert_array_equal(y["logits"], labels[idx])
+    for x, y in kdata.repeated_augmentation_batches(ds, 6, 3, image_size=20, seed=0).as_numpy_iterator():
+        assert x.shape == (6, 20, 20, 3)  # "multigrain" crops while decoding JPEGs
+        np.testing.assert_array_equal(y["logits"], labels[y["embedding"]])
+    pk = kdata.class_balanced_batches(ds, 3, 2, image_size=20, augmentation="none", seed=0)
     for x, y in pk.as_numpy_iterator():
-        # decode without augmentation colours: red channel identifies the file
+        idx = file_index(x)
+        np.testing.assert_array_equal(y["embedding"], labels[idx])  # the label is that of the file shown
+        np.testing.assert_array_equal(y["logits"], labels[idx])
         np.testing.assert_array_equal(np.sort(np.unique(y["logits"])), [0, 1, 2])
+
+
+def _box_crop(image, box):
+    """NumPy crop to [x0, y0, x1, y1]: floor of the start, ceil of the end."""
+    x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
+    x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+    return image[y0:y1, x0:x1]
+
+
+def test_boxes_crop_in_memory_images():
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (4, 20, 24, 3), dtype=np.uint8)
+    # every box covers 7 rows x 9 columns once widened to whole pixels
+    boxes = np.array([[2.5, 3.0, 10.2, 9.5], [0, 0, 9, 7], [15, 13, 24, 20], [4.9, 1.1, 13, 8]], "float32")
+    expected = np.stack([_box_crop(im, b) for im, b in zip(images, boxes)]).astype("float32")
+    assert expected.shape == (4, 7, 9, 3)
+    labels = np.array([0, 0, 1, 1], "int32")
+    data = kdata.ImageDataset(labels, ["a", "b"], images=images, boxes=boxes)
+    out = np.concatenate([x for x, _ in kdata.inference_batches(data, 3, image_size=(7, 9)).as_numpy_iterator()])
+    np.testing.assert_allclose(out, expected, atol=1e-3)
+    # the training loaders crop too, and a tf.data "box" column is kept
+    as_tf = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "box": boxes})
+    for source in (data, as_tf):
+        batches = kdata.repeated_augmentation_batches(source, 4, 1, image_size=(7, 9), augmentation="none",
+                                                      epoch_length_factor=1.0, seed=0)
+        for x, y in batches.as_numpy_iterator():
+            np.testing.assert_allclose(x, expected[y["embedding"]], atol=1e-3)
+
+
+def test_tf_data_of_decoded_images_of_different_sizes_is_a_clear_error():
+    shapes = [(16, 16, 3), (20, 12, 3), (16, 16, 3)]
+
+    def gen():
+        for i, sh in enumerate(shapes):
+            yield np.zeros(sh, np.uint8), i % 2
+
+    ds = tf.data.Dataset.from_generator(
+        gen, output_signature=(tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32)))
+    with pytest.raises(ValueError, match=r"\(16, 16, 3\), \(20, 12, 3\)"):
+        kdata.class_balanced_batches(ds, 2, 2, image_size=16)
+    # one shape, unknown statically: read element by element
+    same = tf.data.Dataset.from_generator(
+        lambda: ((np.full((16, 16, 3), i, np.uint8), i % 2) for i in range(4)),
+        output_signature=(tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([], tf.int32)))
+    batches = kdata.repeated_augmentation_batches(same, 4, 2, image_size=16, augmentation="none", seed=0)
+    for x, y in batches.as_numpy_iterator():
+        np.testing.assert_array_equal(x[:, 0, 0, 0], y["embedding"])
+        np.testing.assert_array_equal(y["logits"], y["embedding"] % 2)
 
 
 def test_inference_batches_modes():

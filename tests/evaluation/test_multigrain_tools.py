@@ -4,6 +4,7 @@ that follows the MultiGrain contract (layers "gem" and "classifier")."""
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.decomposition import PCA
 
 from keras_cgd.evaluation import apply_pca_whitening
@@ -16,6 +17,12 @@ from keras_cgd.evaluation import resize_longest_side
 from keras_cgd.evaluation import select_gem_p
 from keras_cgd.evaluation import whiten_model
 from keras_cgd.layers import GeneralizedMeanPooling
+
+
+def tf_resize(images, size):
+    import tensorflow as tf
+
+    return tf.image.resize(np.asarray(images, np.float32), size, method="bilinear", antialias=True).numpy()
 
 
 def l2n(x):
@@ -104,6 +111,21 @@ def test_resize_longest_side():
     np.testing.assert_allclose(flat, 200, atol=1e-3)
 
 
+@pytest.mark.parametrize("size", [15, 20, 90])
+def test_resize_longest_side_matches_pil_antialiased_bilinear(size):
+    # PIL's bilinear filter on float ("F") images widens its support when
+    # shrinking (antialiasing), like the resize under test.
+    img = np.random.default_rng(4).integers(0, 256, size=(30, 45, 3)).astype(np.uint8)
+    h, w = round(30 * size / 45), size
+    ref = np.stack(
+        [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)) for c in range(3)],
+        axis=-1,
+    )
+    got = resize_longest_side(img, size)
+    assert got.shape == (h, w, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
 def test_embed_images_groups_shapes_and_keeps_order():
     model = tiny_multigrain()
     rng = np.random.default_rng(0)
@@ -152,8 +174,47 @@ def test_select_gem_p_is_a_grid_search():
         expected[p] = float(np.mean(logits.argmax(1) == labels))
     assert scores == pytest.approx(expected)
     assert best == max(candidates, key=lambda p: (expected[p], -candidates.index(p)))
-    best2, scores2 = select_gem_p(model, images, labels, candidates, objective=lambda out, y: -abs(out["embedding"][0, 0]))
-    assert set(scores2) == set(candidates)
+    assert float(keras.ops.convert_to_numpy(model.get_layer("gem").p)) == 3.0
+
+
+def test_select_gem_p_callable_objective_resizes_once_and_predicts_once(monkeypatch):
+    from keras_cgd.evaluation import test_time
+
+    model = tiny_multigrain()
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(12, 20, 20, 3)).astype(np.float32)
+    labels = np.repeat(np.arange(4), 3)
+    candidates = (1.0, 3.0, 6.0)
+
+    def objective(out, y):  # needs both outputs
+        return float(np.mean(out["logits"].argmax(1) == y)) - abs(float(out["embedding"][0, 0]))
+
+    expected = {}
+    for p in candidates:  # independent: full model on images resized by TF
+        small = tf_resize(images, (16, 16))
+        with gem_p_override(model, p):
+            out = model.predict_on_batch(small)
+        expected[p] = objective({k: np.asarray(v) for k, v in out.items()}, labels)
+
+    calls = {"resize": 0, "predict": 0}
+    real_resize, real_predict = test_time.resize_longest_side, model.predict_on_batch
+
+    def counting_resize(*args, **kwargs):
+        calls["resize"] += 1
+        return real_resize(*args, **kwargs)
+
+    def counting_predict(*args, **kwargs):
+        calls["predict"] += 1
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(test_time, "resize_longest_side", counting_resize)
+    monkeypatch.setattr(model, "predict_on_batch", counting_predict)
+    best, scores = select_gem_p(model, images, labels, candidates, image_size=16, objective=objective, batch_size=32)
+    assert set(scores) == set(candidates)
+    for p in candidates:
+        assert scores[p] == pytest.approx(expected[p], rel=1e-5, abs=1e-6)
+    assert best == max(candidates, key=lambda p: (expected[p], -candidates.index(p)))
+    assert calls == {"resize": len(images), "predict": len(candidates)}
     assert float(keras.ops.convert_to_numpy(model.get_layer("gem").p)) == 3.0
 
 

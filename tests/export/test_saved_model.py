@@ -131,6 +131,29 @@ def test_model_dir_that_is_a_file_is_refused(cgd, tmp_path):
 def test_invalid_max_image_pixels_is_refused(cgd, tmp_path):
     with pytest.raises(ValueError, match="max_image_pixels=0"):
         export_saved_model(cgd[0], tmp_path / "m", max_image_pixels=0)
+    with pytest.raises(ValueError, match="max_request_pixels=0"):
+        export_saved_model(cgd[0], tmp_path / "m", max_request_pixels=0)
+
+
+def test_request_pixel_budget_checked_before_decoding(cgd):
+    _, _, path = cgd
+    with open(os.path.join(path, "assets.extra", "keras_cgd.json")) as f:
+        assert json.load(f)["max_request_pixels"] == 200_000_000
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    small = _png(np.zeros((8, 8, 3), np.uint8))
+    # 4 × 49 MP declared (no real pixel data) + one real image: under the 200 MP
+    # budget, so the decoder reaches the fake images and fails on their data.
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        fn(image_bytes=tf.constant([small] + [huge_png(7000, 7000)] * 4))
+    assert "max_request_pixels" not in info.value.message
+    # 5 × 49 MP: refused as a whole, with the declared total.
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        fn(image_bytes=tf.constant([small] + [huge_png(7000, 7000)] * 5))
+    assert "max_request_pixels=200000000" in info.value.message
+    assert str(5 * 7000 * 7000 + 64) in info.value.message
+    # Header values whose product overflows int64 are still refused per image.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
+        fn(image_bytes=tf.constant([huge_png(2**32 - 1, 2**32 - 1)]))
 
 
 @pytest.mark.skipif(

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -42,19 +43,26 @@ def test_search_matches_bruteforce_with_ids(cls, metric, data):
     np.testing.assert_allclose(got_scores, scores, rtol=1e-4, atol=1e-4)
 
 
-def test_exact_and_faiss_agree(data):
-    vectors, queries = data
-    a, b = ExactIndex(), FaissIndex()
-    a.add(vectors)
-    b.add(vectors)
-    np.testing.assert_array_equal(a.search(queries, 20)[0], b.search(queries, 20)[0])
-
-
-def test_faiss_ties_by_insertion_order():
-    index = FaissIndex(metric="inner_product")
-    index.add(np.ones((5, 2), np.float32), ids=[4, 2, 9, 1, 0])
-    ids, _ = index.search(np.ones((1, 2)), 5)
-    assert ids.tolist() == [[4, 2, 9, 1, 0]]
+@pytest.mark.parametrize("cls", [ExactIndex, FaissIndex])
+@pytest.mark.parametrize("metric", ["inner_product", "euclidean"])
+def test_ties_straddling_kth_result_by_insertion_order(cls, metric):
+    # 6 distinct small-integer vectors, each stored 10 times in shuffled
+    # order: every score is exact in float32, and equal scores come in groups
+    # of 10 that cut across the k-th result. 24 queries (FAISS switches to
+    # BLAS from 20 queries on).
+    rng = np.random.default_rng(7)
+    vectors = rng.integers(-3, 4, size=(6, 8))[rng.permutation(np.repeat(np.arange(6), 10))].astype(np.float32)
+    queries = rng.integers(-3, 4, size=(24, 8)).astype(np.float32)
+    ids = rng.permutation(np.arange(500, 560))  # not the insertion order
+    k = 15
+    order, scores = brute_search(vectors, queries, k + 1, metric)
+    assert (scores[:, k - 1] == scores[:, k]).all()  # a tie straddles the k-th result
+    index = cls(metric=metric)
+    index.add(vectors[:25], ids=ids[:25])
+    index.add(vectors[25:], ids=ids[25:])
+    got_ids, got_scores = index.search(queries, k)
+    np.testing.assert_array_equal(got_ids, ids[order[:, :k]])
+    np.testing.assert_allclose(got_scores, scores[:, :k], rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", [ExactIndex, FaissIndex])
@@ -78,6 +86,27 @@ def test_save_load_roundtrip_with_metadata(cls, data, tmp_path):
     other = FaissIndex if cls is ExactIndex else ExactIndex
     with pytest.raises(TypeError, match="load_index"):
         other.load(path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_file_mode_follows_umask(tmp_path, umask):
+    index = ExactIndex()
+    index.add(np.eye(3))
+    old = os.umask(umask)
+    try:
+        index.save(tmp_path / "a.index")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a.index").st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_load_unknown_class_raises_value_error(tmp_path):
+    header = {"format_version": 1, "class_name": "MysteryIndex", "config": {}, "metadata": []}
+    path = tmp_path / "x.index"
+    with open(path, "wb") as f:
+        np.savez(f, ids=np.zeros(0, np.int64), header=np.frombuffer(json.dumps(header).encode(), np.uint8))
+    with pytest.raises(ValueError, match="MysteryIndex"):
+        load_index(path)
 
 
 def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
@@ -112,6 +141,10 @@ def test_auto_ids_and_validation():
         index.search(np.eye(2), k=5)
     with pytest.raises(KeyError):
         index.get_metadata([123])
+    with pytest.raises(ValueError, match="shape"):
+        index.add(np.eye(2), ids=[[1, 2]])
+    with pytest.raises(ValueError, match="k=0"):
+        index.search(np.eye(2), k=0)
     with pytest.raises(ValueError, match="metric"):
         ExactIndex(metric="hamming")
 
@@ -136,3 +169,20 @@ def test_metadata_of_any_json_shape():
     index.add(np.eye(3), ids=[7, 8, 9], metadata=[[1, 2], [3, 4], {"a": 1}])
     assert index.get_metadata([[7, 8], [9, 7]]) == [[[1, 2], [3, 4]], [{"a": 1}, [1, 2]]]
     assert index.get_metadata(8) == [3, 4]
+    index.add(np.ones((1, 3)), ids=[-1], metadata=["new"])  # the id lookup follows adds
+    assert index.get_metadata([-1, 9]) == ["new", {"a": 1}]
+
+
+def test_exact_search_after_add_and_load_uses_current_vectors(tmp_path):
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(30, 5)).astype(np.float32), rng.normal(size=(20, 5)).astype(np.float32)
+    queries = rng.normal(size=(4, 5)).astype(np.float32)
+    index = ExactIndex()
+    index.add(a)
+    index.search(queries, 3)  # builds the normalised copy
+    index.add(b)
+    order, _ = brute_search(np.concatenate([a, b]), queries, 5, "cosine")
+    np.testing.assert_array_equal(index.search(queries, 5)[0], order)
+    index.save(tmp_path / "i.index")
+    loaded = ExactIndex.load(tmp_path / "i.index")
+    np.testing.assert_array_equal(loaded.search(queries, 5)[0], order)

@@ -109,3 +109,75 @@ def test_gives_up_after_max_retries(flaky_stub):
     with pytest.raises(ServingError) as info:
         Client(url, "m", max_retries=2, backoff=0.01).embed([b"a"])
     assert info.value.status_code == 503 and state["calls"] == 3
+
+
+@pytest.fixture
+def limited_stub():
+    """A loopback server answering 413 above `limit` bytes, else one row per input.
+
+    The row is `[mean of the pixels, 0]` or `[number of decoded bytes, 0]`.
+    """
+    import base64
+
+    state = {"limit": 40_000, "sizes": []}
+
+    def app(environ, start_response):
+        raw = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+        state["sizes"].append(len(raw))
+        if len(raw) > state["limit"]:
+            response = Response(json.dumps({"error": "Request body exceeds the limit"}), 413,
+                                content_type="application/json")
+        else:
+            rows = []
+            for value in json.loads(raw)["inputs"]:
+                if isinstance(value, dict):
+                    rows.append([float(len(base64.b64decode(value["b64"]))), 0.0])
+                else:
+                    rows.append([float(np.mean(np.asarray(value, np.float64))), 0.0])
+            response = Response(json.dumps({"outputs": {"embedding": rows}}),
+                                content_type="application/json")
+        return response(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_batches_are_split_to_fit_max_request_bytes(limited_stub):
+    url, state = limited_stub
+    rng = np.random.RandomState(0)
+    pixels = rng.uniform(0, 255, (7, 16, 16, 3)).astype(np.float32)  # ~15 KB of JSON each
+    blobs = [bytes(rng.randint(0, 256, n, dtype=np.uint8)) for n in (9000, 100, 12000, 7000)]
+    client = Client(url, "m", batch_size=32, max_request_bytes=state["limit"])
+    got = client.embed([blobs[0], pixels[0], blobs[1], *pixels[1:], blobs[2], blobs[3]])
+    want_pixels = pixels.astype(np.float64).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(got[:, 0], [9000, want_pixels[0], 100, *want_pixels[1:],
+                                           12000, 7000], rtol=1e-6)
+    assert max(state["sizes"]) <= state["limit"], state["sizes"]
+    assert len(state["sizes"]) >= 4  # ~38 KB of b64, then ~100 KB of pixels: split
+
+    # The old single request of everything would not have fit.
+    state["sizes"].clear()
+    with pytest.raises(ServingError) as info:
+        Client(url, "m", max_request_bytes=10**9, max_retries=2).embed(pixels)
+    assert info.value.status_code == 413 and len(state["sizes"]) == 1  # 413 is not retried
+
+
+def test_image_over_max_request_bytes_goes_alone(limited_stub):
+    url, state = limited_stub
+    state["limit"] = 2000
+    with pytest.raises(ServingError) as info:
+        Client(url, "m", max_request_bytes=2000).embed([b"a", b"x" * 3000, b"b"])
+    assert info.value.status_code == 413
+    assert len(state["sizes"]) == 2 and state["sizes"][1] > 2000 > state["sizes"][0]
+
+
+def test_invalid_max_request_bytes():
+    with pytest.raises(ValueError, match="max_request_bytes=0"):
+        Client("http://127.0.0.1:1", "m", max_request_bytes=0)

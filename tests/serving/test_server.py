@@ -189,6 +189,10 @@ def test_float_output_is_shortest_float32_repr(server, images):
         ({"signature_name": "serving_pixels", "instances": [[1.0], [1.0, 2.0]]}, 400,
          "Expecting shape [1] but got: [2]"),
         ({"inputs": {"other": 1}}, 400, "Missing named input: image_bytes in 'inputs' object."),
+        (b'{"signature_name": "serving_pixels", "inputs": [' + b"7" * 5000 + b"]}", 400,
+         "JSON Parse error: Number too big"),
+        ({"signature_name": "serving_pixels", "inputs": [[[[10**400, 1.0, 2.0]]]]}, 400,
+         "JSON Value out of range for type: float"),
     ],
 )
 def test_predict_request_errors(server, payload, status, fragment):
@@ -213,6 +217,62 @@ def test_bad_images_are_400_and_server_survives(server, images):
             assert "expected JPEG or PNG" in r.json()["error"], r.text
     r = post(server, "/v1/models/cgd:predict", {"inputs": [b64(images["png"])]})
     assert r.status_code == 200
+
+
+def test_request_pixel_budget_is_400_before_decoding(server, images):
+    # Five tiny PNGs declaring 49 MP each: each passes max_image_pixels (50 MP) but
+    # together they exceed the default max_request_pixels (200 MP).
+    huge = [b64(huge_png(7000, 7000)) for _ in range(5)]
+    r = post(server, "/v1/models/cgd:predict", {"instances": [b64(images["png"])] + huge})
+    check_error(r, 400, "max_request_pixels=200000000")
+    assert "max_image_pixels" not in r.json()["error"]
+    r = post(server, "/v1/models/cgd:predict", {"inputs": [b64(images["png"])]})
+    assert r.status_code == 200
+
+
+def test_broken_newer_version_keeps_older_serving(exported, tmp_path, monkeypatch):
+    """A v2 that fails to load leaves v1 in service; v2 loads once it is complete."""
+    from keras_cgd.serving import server as server_lib
+
+    _, base = exported
+    good = os.path.join(base, "cgd", "1")
+    model_dir = tmp_path / "cgd"
+    shutil.copytree(good, model_dir / "1")
+    v2 = model_dir / "2"
+    v2.mkdir()
+    shutil.copy(os.path.join(good, "saved_model.pb"), v2)  # variables/ not there yet
+
+    loads = []
+    real = server_lib._LoadedVersion
+
+    def counting(path, version):
+        loads.append(version)
+        return real(path, version)
+
+    monkeypatch.setattr(server_lib, "_LoadedVersion", counting)
+    repo = server_lib.ModelRepository(str(tmp_path))
+    repo.poll()
+    assert loads == [2, 1]
+    assert repo.get("cgd").version == 1
+    states = repo.status("cgd")["model_version_status"]
+    assert [(s["version"], s["state"]) for s in states] == [("2", "END"), ("1", "AVAILABLE")]
+    assert states[0]["status"]["error_message"].startswith("Failed to load")
+    repo.poll()  # nothing changed: no retry, v1 still served
+    assert loads == [2, 1] and repo.get("cgd").version == 1
+
+    for child in os.listdir(good):  # the rest of v2 arrives (saved_model.pb untouched)
+        source = os.path.join(good, child)
+        if os.path.isdir(source):
+            shutil.copytree(source, v2 / child)
+        elif child != "saved_model.pb":
+            shutil.copy2(source, v2 / child)
+    repo.poll()
+    assert loads == [2, 1, 2]
+    assert repo.get("cgd").version == 2
+    states = repo.status("cgd")["model_version_status"]
+    assert [(s["version"], s["state"]) for s in states] == [("2", "AVAILABLE"), ("1", "END")]
+    with pytest.raises(server_lib.rest.RestError, match=r"Specific\(cgd, 1\)"):
+        repo.get("cgd", version=1)
 
 
 @pytest.mark.parametrize(

@@ -34,16 +34,28 @@ from keras_cgd.data.readers import (
     inshop_clothes,
     stanford_online_products,
 )
+from keras_cgd.data.retrieval_benchmarks import (
+    COPYDAYS_SUBSETS,
+    RetrievalBenchmark,
+    copydays,
+    holidays,
+    rotate_upright,
+    ukbench,
+)
 
 __all__ = [
+    "COPYDAYS_SUBSETS",
     "BuiltinDataset",
     "CopyDetectionSet",
     "ImageDataset",
+    "RetrievalBenchmark",
     "cars196",
     "cgd_train_augment",
     "class_balanced_batches",
+    "copydays",
     "cub200",
     "from_arrays",
+    "holidays",
     "image_folder",
     "inference_batches",
     "inshop_clothes",
@@ -53,5 +65,7 @@ __all__ = [
     "multigrain_train_augment",
     "repeated_augmentation_batches",
     "resize_for_test",
+    "rotate_upright",
     "stanford_online_products",
+    "ukbench",
 ]

@@ -5,6 +5,7 @@ from keras_cgd.evaluation.metrics import copy_detection_map
 from keras_cgd.evaluation.metrics import map_at_r
 from keras_cgd.evaluation.metrics import mean_average_precision
 from keras_cgd.evaluation.metrics import recall_at_k
+from keras_cgd.evaluation.metrics import ukbench_score
 from keras_cgd.evaluation.neighbors import iter_topk_neighbors
 from keras_cgd.evaluation.neighbors import topk_neighbors
 from keras_cgd.evaluation.plots import export_embedding_projector

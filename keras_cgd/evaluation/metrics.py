@@ -354,3 +354,52 @@ def copy_detection_map(
         candidate_mask[: reference.shape[0]] = True
     setup = _setup(gallery, gallery_labels, query_embeddings, query_labels, None)
     return _mean_ap(setup, k, metric, chunk_size, candidate_mask)
+
+
+def ukbench_score(embeddings, labels, *, k=4, metric="cosine", chunk_size=None):
+    """UKBench N-S score: mean number of same-group images among the top 4.
+
+    `NS = (1/N) sum_q |{i <= k : label(g_(q,i)) == label(q)}|`, every image a query
+    and the query itself INCLUDED in the gallery (it counts when it is retrieved,
+    normally first), as in the UKBench protocol. Range `[0, k]`; 4 is perfect for
+    UKBench's groups of 4.
+
+    Ranking is that of `topk_neighbors` (self not excluded): decreasing similarity
+    (increasing distance), equal scores ordered by increasing gallery index. So when
+    several items tie exactly with the query (duplicates), the ones with the
+    smallest indices come first, the query included only if its index is among them.
+
+    Args:
+        embeddings: `(N, D)` embeddings of every benchmark image.
+        labels: `(N,)` group labels (UKBench: image number // 4).
+        k: the length of the short list (4 for UKBench), `1 <= k <= N`.
+        metric: `"cosine"`, `"inner_product"` or `"euclidean"`.
+        chunk_size: queries per block (see `topk_neighbors`); never an N x N matrix.
+
+    Returns:
+        float in `[0, k]`.
+
+    Example:
+    >>> emb = np.repeat(np.eye(2, dtype="float32"), 4, axis=0) + 0.01 * np.arange(8)[:, None]
+    >>> ukbench_score(emb, [0, 0, 0, 0, 1, 1, 1, 1])
+    4.0
+
+    Reference: Nister & Stewenius, "Scalable recognition with a vocabulary
+    tree", CVPR 2006; MultiGrain (Berman et al. 2019) reports UKB (/4).
+    """
+    gallery = np.asarray(embeddings)
+    if gallery.ndim != 2:
+        raise ValueError(
+            "Invalid value received for argument `embeddings`. Expected a 2-D "
+            f"array (num_items, dim). Received: embeddings.shape={gallery.shape}"
+        )
+    labels = _as_labels(labels, gallery.shape[0], "labels")
+    if gallery.shape[0] == 0:
+        raise ValueError("Expected at least one query. Received: 0 queries.")
+    k = _validate_k(k, gallery.shape[0])
+    total = 0
+    for start, stop, idx, _ in iter_topk_neighbors(
+        gallery, gallery, k, exclude_self=False, metric=metric, chunk_size=chunk_size
+    ):
+        total += int(np.count_nonzero(labels[idx] == labels[start:stop, None]))
+    return total / gallery.shape[0]

@@ -2,10 +2,10 @@
 
     keras-cgd train                     # built-in photos, cgd_tiny, Recall@K, SavedModel
     keras-cgd train --dataset cub200:/data/CUB_200_2011 --preset cgd_resnet50_cub200
-    keras-cgd evaluate runs/<run>/epoch-0008.keras --dataset digits
+    keras-cgd evaluate runs/<run>/epoch-0008.keras --dataset photo_views
     keras-cgd export runs/<run> savedmodels/cgd_tiny
     keras-cgd serve savedmodels --port 8501
-    keras-cgd search model.keras --gallery digits query.jpg --grid grid.png
+    keras-cgd search model.keras --gallery photo_views query.jpg --grid grid.png
     keras-cgd presets
 
 `--backend` sets KERAS_BACKEND; when Keras was already imported on another backend
@@ -42,7 +42,7 @@ def _positive_int(text):
     return value
 
 
-def _add_dataset(parser, default="digits", required=False):
+def _add_dataset(parser, default="photo_views", required=False):
     parser.add_argument(
         "--dataset", "-d", default=None if required else default, required=required,
         help="built-in name (photo_views, digits), cub200:PATH, cars196:PATH, sop:PATH, inshop:PATH, "
@@ -121,7 +121,7 @@ def build_parser():
                        "the top-k neighbours of each query image; --grid draws them.")
     p.add_argument("model", help=".keras file or run directory")
     p.add_argument("queries", nargs="+", help="query image files")
-    _add_dataset(p, default="digits")
+    _add_dataset(p, default="photo_views")
     p.add_argument("--gallery", default=None, help="gallery: a dataset (as --dataset) or a folder of images; "
                    "its test split is searched (default: --dataset)")
     p.add_argument("--index", default=None, help="index file: loaded if it exists and no --gallery is given, "

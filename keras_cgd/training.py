@@ -81,7 +81,7 @@ class TrainConfig:
         recall_ks: K values of Recall@K (default: the preset's, else 1, 2, 4, 8).
     """
 
-    dataset: str = "digits"
+    dataset: str = "photo_views"
     preset: str = None
     model: str = None
     backbone: str = None
@@ -202,7 +202,7 @@ def _folder_splits(root):
     return parts[0], parts[1]
 
 
-def resolve_dataset(spec="digits", image_size=64, small=False, seed=0):
+def resolve_dataset(spec="photo_views", image_size=64, small=False, seed=0):
     """Reads a dataset given as on the command line into train/test `DatasetSplits`.
 
     Args:
@@ -478,7 +478,7 @@ def train(config=None, log=print, **overrides):
     """Trains (or resumes) a model, evaluates Recall@K before and after, and exports it.
 
     Args:
-        config: a `TrainConfig` (default: the default job on "digits").
+        config: a `TrainConfig` (default: the default job on "photo_views").
         log: function called with each progress line (`print`; None for silence).
         **overrides: `TrainConfig` fields replacing those of `config`.
 

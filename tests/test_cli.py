@@ -128,7 +128,7 @@ def test_recall_printed_matches_independent_computation(trained_run):
     root, _, out = trained_run
     state = json.loads((root / "run" / "state.json").read_text())
     model = keras.saving.load_model(str(root / "run" / state["checkpoint"]))
-    splits = training.resolve_dataset("digits", 32, small=True)
+    splits = training.resolve_dataset("photo_views", 32, small=True)
     emb = np.asarray(model.predict(splits.test.images, verbose=0)["embedding"], "float64")
     sim = emb @ emb.T
     np.fill_diagonal(sim, -np.inf)

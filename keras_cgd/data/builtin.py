@@ -3,9 +3,9 @@
 Sources: scikit-image's `skimage/data` photographs, scikit-learn's `china.jpg` and
 `flower.jpg`, matplotlib's `grace_hopper.jpg`, and scikit-learn's digits.
 
-- `"photo_views"` (instance retrieval, far from saturated; a tiny CNN trained from
-  scratch for a few CPU epochs does NOT yet beat its untrained self here — measured
-  0.49 → 0.44 Recall@1 after 4 epochs): each class is one fixed region (a quadrant) of one real photo; its
+- `"photo_views"` (default; far from saturated: `cgd_tiny` trained from scratch for 8
+  CPU epochs with MultiGrain augmentation raises held-out Recall@1 from about 0.61 to
+  0.70–0.72; 4 epochs with flips only is not enough): each class is one fixed region (a quadrant) of one real photo; its
   images are random views of that region (random crop of 35–100 % of the area, aspect
   3/4–4/3, flip, brightness/contrast/saturation jitter ±25 %) rendered deterministically
   from `seed` at `image_size`. Train and test classes come from DISJOINT photos, so no

@@ -19,27 +19,22 @@ def recall_at_1_bruteforce(embeddings, labels):
 
 
 def test_cgd_training_raises_recall_on_unseen_classes():
-    data = load_builtin("digits", image_size=64)  # digits 0-4 train, 5-9 test
+    # photo_views: regions of 14 photos for training, of 6 other photos for testing.
+    data = load_builtin("photo_views", image_size=64)
     assert not set(data.train_labels) & set(data.test_labels)
     keras.utils.set_random_seed(0)
-    model = keras_cgd.build_model(
-        "cgd",
-        num_classes=data.num_train_classes,
-        backbone="tiny_convnet",
-        input_shape=(64, 64, 3),
-        descriptors="SMG",
-        embedding_dim=96,
-        learning_rate=1e-3,
-    )
+    model = keras_cgd.build_model("cgd_tiny", num_classes=data.num_train_classes)
     before = recall_at_1_bruteforce(
         model.predict(data.test_images, verbose=0)["embedding"], data.test_labels
     )
     batches = class_balanced_batches(
-        data.train, classes_per_batch=5, images_per_class=8, image_size=64, augmentation="flip", seed=0
+        data.train, classes_per_batch=16, images_per_class=4, image_size=64,
+        augmentation="multigrain", seed=0,
     )
-    model.fit(batches, epochs=4, verbose=0)
+    model.fit(batches, epochs=8, verbose=0)
     after = recall_at_1_bruteforce(
         model.predict(data.test_images, verbose=0)["embedding"], data.test_labels
     )
     print(f"Recall@1 on unseen classes: before {before:.3f}, after {after:.3f}")
-    assert after >= before + 0.02, (before, after)
+    # 3 seeds measured: +0.07 to +0.11; one hit is worth 1/288.
+    assert after >= before + 0.03, (before, after)

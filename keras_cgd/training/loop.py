@@ -13,7 +13,7 @@ from keras_cgd.training.datasets import resolve_dataset
 from keras_cgd.training.run_state import STATE_FILENAME
 from keras_cgd.training.run_state import _atomic_write_json
 from keras_cgd.training.run_state import _save_checkpoint
-from keras_cgd.training.run_state import load_model
+from keras_cgd.training.run_state import load_checkpoint
 from keras_cgd.training.run_state import read_state
 from keras_cgd.training.scoring import evaluate
 from keras_cgd.training.scoring import format_recall
@@ -78,9 +78,8 @@ def train(config=None, log=print, **overrides):
         log(f"skipped {len(skipped)} unreadable image file(s): "
             + "; ".join(f"{p} ({r})" for p, r in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     keras.utils.set_random_seed(int(config.seed))
-    ckpt = state and state.get("checkpoint") and os.path.join(run_dir, state["checkpoint"])
-    if ckpt and os.path.isfile(ckpt):
-        model = load_model(ckpt)
+    model = load_checkpoint(run_dir, state) if state is not None else None
+    if model is not None:
         initial_epoch = int(state["completed_epochs"])
         log(f"resuming {run_dir} after epoch {initial_epoch}/{settings['epochs']}")
     else:

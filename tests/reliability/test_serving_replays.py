@@ -271,9 +271,20 @@ def test_full_pool_answers_503_with_retry_after(exported):
                               daemon=True)
     thread.start()
     port = server.server_port
-    holders = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+
+    def wait_for(active, queued):
+        deadline = time.monotonic() + 30
+        while ((server._active, server._queue.qsize()) != (active, queued)
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        assert (server._active, server._queue.qsize()) == (active, queued)
+
+    holders = []
     try:
-        time.sleep(0.3)  # the first is taken by the thread, the second waits in the queue
+        holders.append(socket.create_connection(("127.0.0.1", port)))
+        wait_for(1, 0)  # the first is taken by the thread (it waits for a request line) ...
+        holders.append(socket.create_connection(("127.0.0.1", port)))
+        wait_for(1, 1)  # ... and the second waits in the queue
         response, elapsed = raw_exchange(port, b"GET /v1/models/cgd HTTP/1.1\r\nHost: x\r\n\r\n")
         status, head, body = parse_raw(response)
         assert status == 503 and "Retry-After: 1" in head, head

@@ -69,6 +69,19 @@ class BaseIndex:
     def get_config(self):
         return {"metric": self.metric, "dimension": self.dimension}
 
+    def _stored_count(self):
+        """Vectors the backend holds after `_restore_vector_state`, or None if unknown.
+
+        Checked at load against the ids and metadata. Default: the rows of a
+        `vectors` attribute (exact) or `ntotal` of a FAISS `_index`; backends
+        may override.
+        """
+        inner = getattr(self, "_index", None)
+        if inner is not None and hasattr(inner, "ntotal"):
+            return int(inner.ntotal)
+        vectors = getattr(self, "vectors", None)
+        return int(vectors.shape[0]) if getattr(vectors, "ndim", 0) == 2 else None
+
     # -- public API -----------------------------------------------------
     def __len__(self):
         return int(self._ids.shape[0])
@@ -246,4 +259,14 @@ def load_index(path):
     index._ids = arrays.pop("ids").astype(np.int64)
     index._metadata = list(header["metadata"])
     index._restore_vector_state(arrays)
+    counts = {"ids": len(index._ids), "metadata": len(index._metadata)}
+    stored = index._stored_count()
+    if stored is not None:
+        counts["vectors"] = stored
+    if len(set(counts.values())) > 1:
+        raise ValueError(
+            f"The index file {os.fspath(path)!r} is inconsistent: its arrays disagree in "
+            f"length ({', '.join(f'{k}: {v}' for k, v in counts.items())}); it was not "
+            "written by `save` or has been modified. Rebuild it and save it again."
+        )
     return index

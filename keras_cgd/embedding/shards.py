@@ -181,10 +181,10 @@ def check_compatible(out, existing, wanted):
             f"Received: out={out!r}"
         )
     checks = [
-        ("model", existing["model"]["fingerprint"], wanted["model"]["fingerprint"],
-         "embeddings of another model (fingerprint {old} from {old_path}; this model: {new})"),
         ("dimension", existing["dimension"], wanted["dimension"],
          "embeddings of dimension {old}; this model gives dimension {new}"),
+        ("model", existing["model"]["fingerprint"], wanted["model"]["fingerprint"],
+         "embeddings of another model (fingerprint {old} from {old_path}; this model: {new})"),
         ("image_size", existing["image_size"], wanted["image_size"],
          "embeddings at image size {old}; this run uses {new}"),
         ("source", existing["source"]["fingerprint"], wanted["source"]["fingerprint"],

@@ -181,6 +181,8 @@ def check_compatible(out, existing, wanted):
             f"Received: out={out!r}"
         )
     checks = [
+        ("writer", existing.get("writer"), wanted.get("writer"),
+         "output written by {old}; this run is {new}"),
         ("dimension", existing["dimension"], wanted["dimension"],
          "embeddings of dimension {old}; this model gives dimension {new}"),
         ("model", existing["model"]["fingerprint"], wanted["model"]["fingerprint"],
@@ -191,8 +193,6 @@ def check_compatible(out, existing, wanted):
          "embeddings of another source listing ({old_spec!r}); this run lists {new_spec!r}"),
         ("shard_size", existing.get("shard_size"), wanted.get("shard_size"),
          "shards of {old} items; this run asks for {new}"),
-        ("writer", existing.get("writer"), wanted.get("writer"),
-         "output written by {old}; this run is {new}"),
     ]
     for name, old, new, text in checks:
         if old != new:

@@ -6,8 +6,8 @@
 | `spec` | items | id | key |
 |---|---|---|---|
 | a folder of images | image files under it, recursively, sorted by path (hidden files and folders skipped) | position in that order | the absolute path |
-| a glob (`photos/**/*.jpg`) | the matching files, sorted | position | the absolute path |
-| a `.txt` file list | one path per line (relative paths are relative to the list's folder; blank lines and `#` comments skipped), in list order | line position | the absolute path |
+| a glob (`photos/**/*.jpg`) | the matching image (or TFRecord) files, sorted | position | the absolute path |
+| a `.txt` file list | one path per line, whatever its extension (relative paths are relative to the list's folder; blank lines and `#` comments skipped), in list order | line position | the absolute path |
 | a `.tfrecord` file, a glob of them, or a folder holding only TFRecord files | the `tf.train.Example` records of the files (sorted by name), in file order | position in that order | the example's `image/filename` feature, else `<file>:<record index>` |
 
 TFRecord examples carry the encoded image in a bytes feature `image/encoded`
@@ -155,9 +155,10 @@ def resolve_source(spec):
     elif os.path.isfile(spec) and _is_tfrecord(spec):
         source = ImageSource(spec, "tfrecord", [os.path.abspath(spec)])
     elif glob.has_magic(spec):
-        matches = sorted(os.path.abspath(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        matches = sorted(os.path.abspath(p) for p in glob.glob(spec, recursive=True)
+                         if os.path.isfile(p) and (_is_image(p) or _is_tfrecord(p)))
         if not matches:
-            raise _usage(spec, " (the glob matches no file)")
+            raise _usage(spec, f" (the glob matches no file ending in {IMAGE_EXTENSIONS + TFRECORD_EXTENSIONS})")
         source = _split_kinds(spec, matches)
     elif os.path.isfile(spec) and _is_image(spec):
         source = ImageSource(spec, "files", [os.path.abspath(spec)])

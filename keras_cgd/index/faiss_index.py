@@ -30,6 +30,12 @@ from keras_cgd.index.base import _register
 
 _FLOAT = 4
 _ID = 8
+# name -> (FAISS ParameterSpace name, FAISS's default, factories it applies to)
+_KNOBS = {
+    "nprobe": ("nprobe", 1, "IVF"),
+    "ef_search": ("efSearch", 16, "HNSW"),
+    "k_factor": ("k_factor", 1, "Refine/RFlat"),
+}
 
 
 def _import_faiss():
@@ -291,7 +297,8 @@ class FaissIndex(BaseIndex):
                     stack.append(child)
         return seen
 
-    def _validate_knobs(self, index):
+    def _knobs_of(self, index):
+        """Names of the query-time parameters that `index` has."""
         faiss = self._faiss
         parts = self._parts(index)
         has = {
@@ -299,32 +306,45 @@ class FaissIndex(BaseIndex):
             "ef_search": any(hasattr(p, "hnsw") for p in parts),
             "k_factor": any(isinstance(p, faiss.IndexRefine) for p in parts),
         }
-        for name, present in has.items():
-            if getattr(self, name) is not None and not present:
+        return [name for name, present in has.items() if present]
+
+    def _validate_knobs(self, index):
+        knobs = self._knobs_of(index)
+        for name in _KNOBS:
+            if getattr(self, name) is not None and name not in knobs:
                 raise ValueError(
                     f"Invalid value received for argument `{name}`. It applies to "
-                    f"{ {'nprobe': 'IVF', 'ef_search': 'HNSW', 'k_factor': 'Refine/RFlat'}[name] } "
-                    f"factories only. Received: {name}={getattr(self, name)!r} with "
-                    f"factory={self.factory!r}"
+                    f"{_KNOBS[name][2]} factories only. Received: {name}={getattr(self, name)!r} "
+                    f"with factory={self.factory!r}"
                 )
-        for p in parts:  # polysemous training: unused by this index and very slow
+        for p in self._parts(index):  # polysemous training: unused by this index and very slow
             if hasattr(p, "do_polysemous_training"):
                 p.do_polysemous_training = False
 
-    def _apply_knobs(self, nprobe, ef_search, k_factor):
-        space = self._faiss.ParameterSpace()
-        for name, faiss_name, value in (("nprobe", "nprobe", nprobe), ("ef_search", "efSearch", ef_search),
-                                        ("k_factor", "k_factor", k_factor)):
+    def _apply_knobs(self, **values):
+        """Sets every query-time parameter of the index: the call's value, else the
+        index's, else FAISS's default, so a per-call value never sticks."""
+        knobs = self._knobs_of(self._index)
+        for name, value in values.items():
             value = _check_search_knob(value, name)
+            if value is not None and name not in knobs:
+                raise ValueError(
+                    f"Invalid value received for argument `{name}`. The factory {self.factory!r} "
+                    f"has no {_KNOBS[name][0]} parameter. Received: {name}={value!r}"
+                )
+        faiss = self._faiss
+        effective = {}
+        for name in knobs:
+            value = values.get(name)
             value = getattr(self, name) if value is None else value
-            if value is not None:
-                try:
-                    space.set_index_parameter(self._index, faiss_name, value)
-                except RuntimeError:
-                    raise ValueError(
-                        f"Invalid value received for argument `{name}`. The factory "
-                        f"{self.factory!r} has no {faiss_name} parameter. Received: {name}={value!r}"
-                    ) from None
+            effective[name] = _KNOBS[name][1] if value is None else value
+        for part in self._parts(self._index):
+            if "nprobe" in effective and isinstance(part, faiss.IndexIVF):
+                part.nprobe = effective["nprobe"]
+            if "ef_search" in effective and hasattr(part, "hnsw"):
+                part.hnsw.efSearch = effective["ef_search"]
+            if "k_factor" in effective and isinstance(part, faiss.IndexRefine):
+                part.k_factor = float(effective["k_factor"])
 
     def _prepare(self, vectors):
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -438,12 +458,8 @@ class FaissIndex(BaseIndex):
             `(ids, scores)`: int64 `(Q, k)` and float32 `(Q, k)`, best first.
         """
         if self._index is not None:
-            self._apply_knobs(nprobe, ef_search, k_factor)
-        try:
-            return super().search(queries, k)
-        finally:
-            if self._index is not None and (nprobe, ef_search, k_factor) != (None, None, None):
-                self._apply_knobs(None, None, None)
+            self._apply_knobs(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor)
+        return super().search(queries, k)
 
     def _search_positions(self, queries, k):
         # FAISS picks arbitrary members of a group of equal scores that

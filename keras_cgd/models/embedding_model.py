@@ -61,8 +61,12 @@ class EmbeddingModel(keras.Model):
         mean,
         std,
         channel_order,
+        backbone_strides=None,
     ):
         """Inputs → ImageNormalization → backbone feature map.
+
+        `backbone_strides`: per-stage strides of a tv_resnet* backbone (None:
+        the backbone's own).
 
         Returns `(inputs, feature_map, normalization)`.
         """
@@ -81,6 +85,7 @@ class EmbeddingModel(keras.Model):
             weights=weights,
             last_stride=last_stride,
             freeze_bn_statistics=freeze_bn_statistics,
+            strides=None if backbone_strides is None else tuple(backbone_strides),
         )
         feature_map = net(x)
         if len(feature_map.shape) != 4:

@@ -35,6 +35,12 @@ class MultiGrainModel(EmbeddingModel):
         beta_lr_multiplier: β's learning-rate multiplier (1.0 as the
             official code; the paper's Table B.1 lists 0.1).
         seed: seed of distance-weighted sampling.
+        whitening: add MultiGrain's PCA whitening after GeM (a whitened
+            checkpoint): `phi = ([e, 1] / (|[e, 1]| + 1e-6) - m) P` with the
+            constant bias channel, so the embedding is `phi / |phi|` (C + 1 =
+            2049-d for ResNet-50) and the classifier reads `phi`. `m`, `P`
+            are non-trainable weights of the `pca_whitening` layer, loaded
+            from the checkpoint (`from_checkpoint`). Default False.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class MultiGrainModel(EmbeddingModel):
         beta_init=1.2,
         beta_lr_multiplier=1.0,
         seed=None,
+        whitening=False,
         **kwargs,
     ):
         _check_num_classes(num_classes)
@@ -74,6 +81,14 @@ class MultiGrainModel(EmbeddingModel):
             backbone, input_shape, weights, last_stride, freeze_bn_statistics, mean, std, channel_order
         )
         raw = GeneralizedMeanPooling(p=gem_p, trainable_p=trainable_p, name="gem")(feature_map)
+        if whitening:
+            from keras_cgd.evaluation.whitening import PCAWhitening
+
+            # MultiGrain's whitened checkpoints: bias channel, full dimension, L2 with
+            # 1e-6 added to the norm (its `l2n`).
+            raw = PCAWhitening(
+                int(raw.shape[-1]) + 1, add_bias_channel=True, norm_epsilon=1e-6, name="pca_whitening"
+            )(raw)
         embedding = L2Normalization(name="l2_normalization")(raw)
         embedding = MarginState(beta_init=beta_init, seed=seed, name="margin_state")(embedding)
         logits = None

@@ -47,7 +47,8 @@ class WeightTable:
 
     `variable_name` is the Keras variable's own name within its layer (`kernel`, `bias`,
     `gamma`, `beta`, `moving_mean`, `moving_variance`, or a custom
-    layer's variable name).
+    layer's variable name). A sublayer of a layer is named by its path,
+    e.g. `("main_modules.0.0.weight", "cgd/gem_projection", "kernel", "dense")`.
     """
 
     def __init__(self, rows=()):
@@ -132,6 +133,10 @@ def _variables_by_path(model):
         for v in layer.weights:
             name = v.path.split("/")[-1] if hasattr(v, "path") else v.name
             out.setdefault(f"{layer.name}/{name}", v)
+            if hasattr(v, "path"):
+                # Sublayers of a layer (not of a model) by their full path, e.g.
+                # "cgd/gem_projection/kernel" inside CombinedGlobalDescriptor.
+                out.setdefault(v.path, v)
 
     visit(model)
     return out

@@ -34,9 +34,9 @@ def positive_int(text):
 def add_dataset(parser, default="photo_views", required=False):
     parser.add_argument(
         "--dataset", "-d", default=None if required else default, required=required,
-        help="built-in name (photo_views, digits), cub200:PATH, cars196:PATH, sop:PATH, inshop:PATH, "
-        "a folder in one of those layouts, or an image folder <root>/<class>/* "
-        f"(default {default})",
+        help="built-in name (photo_copies, photo_views, digits), cub200:PATH, cars196:PATH, sop:PATH, "
+        "inshop:PATH, a folder in one of those layouts, or an image folder <root>/<class>/* "
+        f"(default {default or 'the preset dataset: photo_copies for the default preset, else photo_views'})",
     )
 
 

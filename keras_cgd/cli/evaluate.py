@@ -7,7 +7,7 @@ from keras_cgd.cli._common import positive_int
 
 def add_parser(sub):
     """Adds the `evaluate` sub-command to `sub` (an argparse sub-parsers object)."""
-    p = sub.add_parser("evaluate", help="Recall@K (and MAP@R) of a .keras model on a dataset's test classes")
+    p = sub.add_parser("evaluate", help="Recall@K (and MAP@R, or mAP for copy detection) of a .keras model on a dataset's test classes")
     p.add_argument("model", help=".keras file or run directory")
     add_dataset(p)
     p.add_argument("--ks", type=positive_int, nargs="+", default=[1, 2, 4, 8])
@@ -26,5 +26,5 @@ def run(args):
     splits = training.resolve_dataset(args.dataset, model.input_shape[1], small)
     out = training.evaluate(model, splits, args.ks, with_map=True)
     print(f"{splits.name}: {len(splits.test)} test images, {splits.test.num_classes} classes")
-    print(f"{training.format_recall(out['recall'])}  MAP@R {out['map_at_r']:.3f}")
+    print(training.format_metrics(out))
     return 0

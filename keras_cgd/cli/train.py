@@ -8,14 +8,17 @@ from keras_cgd.cli._common import positive_int
 def add_parser(sub):
     """Adds the `train` sub-command to `sub` (an argparse sub-parsers object)."""
     p = sub.add_parser("train", help="train (or resume) a model, evaluate Recall@K, export a SavedModel",
-                       description="Train on a dataset, print Recall@K on held-out classes before and after, "
+                       description="Train on a dataset, print Recall@K (and mAP for copy detection) on held-out classes "
+                       "before (the pretrained baseline) and after, "
                        "export to savedmodels/<name>/<version>/. Rerunning the same command resumes an "
                        "interrupted run from its last completed epoch.")
-    add_dataset(p)
-    p.add_argument("--preset", "-p", default=None, help="preset name (see `keras-cgd presets`; default cgd_tiny)")
+    add_dataset(p, default=None)
+    p.add_argument("--preset", "-p", default=None,
+                   help="preset name (see `keras-cgd presets`; default multigrain_lite0_copydetect: fine-tune "
+                   "ImageNet EfficientNet-Lite0 for copy detection on held-out photos)")
     p.add_argument("--model", choices=["cgd", "multigrain"], default=None,
                    help="model family when no preset is given")
-    p.add_argument("--backbone", default=None, help="backbone name (e.g. resnet50, tiny_convnet)")
+    p.add_argument("--backbone", default=None, help="backbone name (e.g. efficientnet_lite0, resnet50, tiny_convnet)")
     p.add_argument("--descriptors", default=None, help="CGD descriptor letters from S, M, G (e.g. SMG, SG)")
     p.add_argument("--embedding-dim", type=positive_int, default=None)
     p.add_argument("--image-size", type=positive_int, default=None, help="square input size in pixels")

@@ -8,6 +8,11 @@ import os
 from keras_cgd.training.errors import usage_error as _usage_error
 
 SMALL_ENV = "KERAS_CGD_SMALL"
+# `keras-cgd train` with no arguments: fine-tune ImageNet EfficientNet-Lite0 for copy
+# detection on held-out photos (the preset names its dataset, "photo_copies").
+DEFAULT_PRESET = "multigrain_lite0_copydetect"
+# The dataset of a preset that names none.
+DEFAULT_DATASET = "photo_views"
 
 # The arguments that change what training computes (a resumed run must match them).
 _TRAINING_KEYS = (
@@ -27,12 +32,15 @@ class TrainConfig:
     """Arguments of `train` (the options of `keras-cgd train`).
 
     Args:
-        dataset: built-in name ("photo_views", "digits"), a standard dataset
+        dataset: None (the preset's dataset: "photo_copies" for the default preset,
+            else "photo_views"), a built-in name ("photo_copies", "photo_views",
+            "digits"), a standard dataset
             `"cub200:PATH"`, `"cars196:PATH"`, `"sop:PATH"`, `"inshop:PATH"`, a folder
             holding one of those layouts (detected), or an image folder (see
             `resolve_dataset`).
-        preset: preset name (`keras_cgd.list_presets()`); None with `model` set builds
-            that family with its defaults.
+        preset: preset name (`keras_cgd.list_presets()`); None: `DEFAULT_PRESET`
+            ("multigrain_lite0_copydetect"), or with `model` set that family with the
+            defaults of its tiny preset.
         model: "cgd" or "multigrain" (overrides the preset's family when no preset).
         backbone, descriptors, embedding_dim, image_size, weights: model options
             overriding the preset.
@@ -55,7 +63,7 @@ class TrainConfig:
         recall_ks: K values of Recall@K (default: the preset's, else 1, 2, 4, 8).
     """
 
-    dataset: str = "photo_views"
+    dataset: str = None
     preset: str = None
     model: str = None
     backbone: str = None
@@ -84,7 +92,7 @@ class TrainConfig:
 def resolve_settings(config):
     """The full training settings of `config`: preset, model kwargs, batching, schedule.
 
-    Returns a dict with `family`, `model_kwargs`, `image_size`, `epochs`, `batching`
+    Returns a dict with `dataset`, `family`, `model_kwargs`, `image_size`, `epochs`, `batching`
     ("pk"/"ra"), its sizes, `epoch_length_factor` (repeated augmentation; preset, else
     2.0 as MultiGrain), `learning_rate`, `drops`, `drop_factor`, `augmentation`,
     `recall_ks`, `small`, `name`. Raises `ValueError` for unknown presets or options.
@@ -95,7 +103,7 @@ def resolve_settings(config):
 
     small = small_from_env() if config.small is None else bool(config.small)
     if config.preset is None and config.model is None:
-        preset_name = "cgd_tiny"
+        preset_name = DEFAULT_PRESET
     else:
         preset_name = config.preset
     if preset_name is not None:
@@ -131,6 +139,7 @@ def resolve_settings(config):
     if epochs < 1:
         raise _usage_error("epochs", "an int >= 1", config.epochs)
     settings = {
+        "dataset": config.dataset or training.get("dataset", DEFAULT_DATASET),
         "preset": preset_name,
         "family": family,
         "model_kwargs": kwargs,
@@ -168,9 +177,7 @@ def _default_augmentation(training, batching):
 
 
 def check_descriptors(descriptors, family="cgd"):
-    """Validates CGD descriptor letters ("S", "M", "G", each at most once)."""
-    if family != "cgd":
-        raise _usage_error("descriptors", "no descriptors for a MultiGrain model (it uses GeM)", descriptors)
+    """Validates CGD descriptor letters ("S", "M", "G", each at most once) for a CGD model."""
     if (
         not isinstance(descriptors, str)
         or not descriptors
@@ -178,6 +185,9 @@ def check_descriptors(descriptors, family="cgd"):
         or len(set(descriptors)) != len(descriptors)
     ):
         raise _usage_error("descriptors", "distinct letters from 'S' (SPoC), 'M' (MAC), 'G' (GeM), e.g. 'SMG' or 'SG'", descriptors)
+    if family != "cgd":
+        raise _usage_error("descriptors", "no descriptors for a MultiGrain model (it uses GeM); descriptors "
+                           "apply to CGD presets (e.g. --preset cgd_tiny)", descriptors)
     return descriptors
 
 
@@ -190,6 +200,7 @@ def run_dir_for(config, settings, dataset_name):
 def training_args(config, settings):
     """The JSON-able arguments a resumed run must match."""
     args = {k: getattr(config, k) for k in _TRAINING_KEYS}
+    args["dataset"] = settings["dataset"]
     args["small"] = settings["small"]
     args["epochs"] = settings["epochs"]
     return json.loads(json.dumps(args))

@@ -4,7 +4,7 @@ import os
 
 from keras_cgd.training.errors import usage_error as _usage_error
 
-BUILTIN_DATASETS = ("photo_views", "digits")
+BUILTIN_DATASETS = ("photo_copies", "photo_views", "digits")
 STANDARD_DATASETS = ("cub200", "cars196", "sop", "inshop")
 
 
@@ -16,14 +16,17 @@ class DatasetSplits:
         train: `ImageDataset` of the training classes.
         test: `ImageDataset` evaluated as a gallery where every item queries the rest,
             or the gallery when `query` is given.
-        query: optional `ImageDataset` of queries (In-shop), else None.
+        query: optional `ImageDataset` of queries (In-shop; copy detection), else None.
+        task: "retrieval", or "copy_detection" (queries are attacked copies of the
+            `test` references; scored by Recall@K and copy-detection mAP).
     """
 
-    def __init__(self, name, train, test, query=None):
+    def __init__(self, name, train, test, query=None, task="retrieval"):
         self.name = name
         self.train = train
         self.test = test
         self.query = query
+        self.task = task
 
     @property
     def num_train_classes(self):
@@ -103,7 +106,7 @@ def resolve_dataset(spec="photo_views", image_size=64, small=False, seed=0):
     """Reads a dataset given as on the command line into train/test `DatasetSplits`.
 
     Args:
-        spec: "photo_views" / "digits" (built-in, offline), `"cub200:PATH"`,
+        spec: "photo_copies" / "photo_views" / "digits" (built-in, offline), `"cub200:PATH"`,
             `"cars196:PATH"`, `"sop:PATH"`, `"inshop:PATH"`, a folder holding one of
             those layouts (detected from its index files), or an image folder:
             `root/train/<class>/*` + `root/test/<class>/*`, or `root/<class>/*` whose
@@ -119,13 +122,19 @@ def resolve_dataset(spec="photo_views", image_size=64, small=False, seed=0):
 
     kind, value = check_dataset_spec(spec)
     if kind == "builtin":
-        sizes = {"train_per_class": 8, "test_per_class": 4} if small else {}
+        small_sizes = {"photo_copies": (3, 2)}.get(value, (8, 4))
+        sizes = {"train_per_class": small_sizes[0], "test_per_class": small_sizes[1]} if small else {}
         b = data.load_builtin(value, image_size=int(image_size), seed=seed, **sizes)
-        test = data.ImageDataset(b.test_labels - b.num_train_classes, b.class_names[b.num_train_classes:],
+        held_out = b.class_names[b.num_train_classes:]
+        test = data.ImageDataset(b.test_labels - b.num_train_classes, held_out,
                                  images=b.test_images, root=f"<builtin {value}>")
         train = data.ImageDataset(b.train_labels, b.class_names[: b.num_train_classes],
                                   images=b.train_images, root=f"<builtin {value}>")
-        return DatasetSplits(value, train, test)
+        query = None
+        if b.query_images is not None:
+            query = data.ImageDataset(b.query_labels - b.num_train_classes, held_out,
+                                      images=b.query_images, root=f"<builtin {value}>")
+        return DatasetSplits(value, train, test, query=query, task=b.task)
     if kind == "folder":
         train, test = _folder_splits(value)
         return DatasetSplits(os.path.basename(os.path.normpath(value)) or "folder", train, test)

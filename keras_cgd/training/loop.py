@@ -16,7 +16,7 @@ from keras_cgd.training.run_state import _save_checkpoint
 from keras_cgd.training.run_state import load_checkpoint
 from keras_cgd.training.run_state import read_state
 from keras_cgd.training.scoring import evaluate
-from keras_cgd.training.scoring import format_recall
+from keras_cgd.training.scoring import format_metrics
 
 
 def _batches(splits, settings, epoch, seed):
@@ -40,16 +40,22 @@ def _batches(splits, settings, epoch, seed):
 def train(config=None, log=print, **overrides):
     """Trains (or resumes) a model, evaluates Recall@K before and after, and exports it.
 
+    "Before" is the network as built: for pretrained weights (the default job's ImageNet
+    EfficientNet-Lite0) the baseline to beat, GeM of the pretrained feature map with no
+    fine-tuning; for a copy-detection dataset the copy-detection mAP is printed too.
+
     Args:
-        config: a `TrainConfig` (default: the default job on "photo_views").
+        config: a `TrainConfig` (default: the default job, `DEFAULT_PRESET` on its
+            dataset "photo_copies").
         log: function called with each progress line (`print`; None for silence).
         **overrides: `TrainConfig` fields replacing those of `config`.
 
     Returns:
         dict with `run_dir`, `initial_epoch` (0 for a fresh run), `completed_epochs`,
         `epochs`, `recall_before`, `recall_after` (`{k: recall}` on the test classes),
-        `map_at_r`, `history` (per-epoch loss), `export_path` (or None), `checkpoint`,
-        `model`, `seconds`.
+        `map_at_r` (retrieval) or `map_before` / `map_after` (copy detection, else None),
+        `history` (per-epoch loss), `export_path` (or None), `checkpoint`, `model`,
+        `seconds`.
     """
     import keras
 
@@ -60,7 +66,7 @@ def train(config=None, log=print, **overrides):
     start = time.time()
     config = dataclasses.replace(copy.copy(config or TrainConfig()), **overrides)
     settings = resolve_settings(config)
-    splits = resolve_dataset(config.dataset, settings["image_size"], settings["small"], config.seed)
+    splits = resolve_dataset(settings["dataset"], settings["image_size"], settings["small"], config.seed)
     args = training_args(config, settings)
     run_dir = config.run_dir or run_dir_for(config, settings, splits.name)
     os.makedirs(run_dir, exist_ok=True)
@@ -71,8 +77,10 @@ def train(config=None, log=print, **overrides):
             f"Invalid value received for argument `run_dir`. Its saved run has other arguments ({diff}); "
             f"pass --fresh to start over or another --run-dir. Received: run_dir={run_dir!r}"
         )
-    log(f"dataset {splits.name}: {len(splits.train)} train images / {splits.num_train_classes} classes, "
-        f"{len(splits.test)} test images / {splits.test.num_classes} held-out classes")
+    held_out = (f"{len(splits.query)} attacked copies (queries) of {len(splits.test)} held-out references"
+                if splits.task == "copy_detection" else
+                f"{len(splits.test)} test images / {splits.test.num_classes} held-out classes")
+    log(f"dataset {splits.name}: {len(splits.train)} train images / {splits.num_train_classes} classes, {held_out}")
     skipped = [s for part in (splits.train, splits.test, splits.query) if part is not None for s in part.skipped]
     if skipped:
         log(f"skipped {len(skipped)} unreadable image file(s): "
@@ -89,11 +97,17 @@ def train(config=None, log=print, **overrides):
         state = {"args": args, "epochs": settings["epochs"], "completed_epochs": 0, "checkpoint": None,
                  "history": []}
     ks = settings["recall_ks"]
+    copy_detection = splits.task == "copy_detection"
     if state.get("recall_before") is None:
-        state["recall_before"] = {str(k): v for k, v in evaluate(model, splits, ks)["recall"].items()}
+        before = evaluate(model, splits, ks, with_map=copy_detection)
+        state["recall_before"] = {str(k): v for k, v in before["recall"].items()}
+        state["map_before"] = before.get("map")
         _atomic_write_json(os.path.join(run_dir, STATE_FILENAME), state)
     recall_before = {int(k): v for k, v in state["recall_before"].items()}
-    log(f"before training: {format_recall(recall_before)}")
+    weights = settings["model_kwargs"].get("weights")
+    what = (f"pretrained {settings['model_kwargs'].get('backbone')} weights={weights!r}, no fine-tuning"
+            if weights is not None else "random initialisation")
+    log(f"before training: {format_metrics({'recall': recall_before, 'map': state.get('map_before')})}  ({what})")
     log(f"model {settings['name']} ({settings['family']}, {model.count_params():,} parameters, "
         f"{settings['image_size']} px), {settings['epochs']} epochs, "
         + (f"P×K = {settings['classes_per_batch']}×{settings['images_per_class']}" if settings["batching"] == "pk"
@@ -113,8 +127,9 @@ def train(config=None, log=print, **overrides):
             f"{time.time() - t0:.1f} s")
     result = evaluate(model, splits, ks, with_map=True)
     recall_after = result["recall"]
-    log(f"after training:  {format_recall(recall_after)}  (MAP@R {result['map_at_r']:.3f})")
+    log(f"after training:  {format_metrics(result)}")
     state["recall_after"] = {str(k): v for k, v in recall_after.items()}
+    state["map_after"] = result.get("map")
     export_path = None
     previous = state.get("export_path")
     if initial_epoch == settings["epochs"] and previous and os.path.isdir(previous):
@@ -134,7 +149,9 @@ def train(config=None, log=print, **overrides):
         "epochs": settings["epochs"],
         "recall_before": recall_before,
         "recall_after": recall_after,
-        "map_at_r": result["map_at_r"],
+        "map_at_r": result.get("map_at_r"),
+        "map_before": state.get("map_before"),
+        "map_after": result.get("map"),
         "history": [h["loss"] for h in state.get("history", [])],
         "export_path": export_path,
         "checkpoint": os.path.join(run_dir, state["checkpoint"]) if state.get("checkpoint") else None,

@@ -15,14 +15,19 @@ def embed(model, dataset, image_size=None, batch_size=64):
 
 
 def evaluate(model, splits, ks=(1, 2, 4, 8), with_map=False):
-    """Recall@K (and MAP@R) of `model` on the held-out classes of `splits`.
+    """Recall@K (and MAP@R, or mAP for copy detection) of `model` on the held-out classes.
 
     Every test image queries the rest of the test set (self excluded), or, with a
-    separate query split (In-shop), queries search the gallery.
+    separate query split (In-shop, copy detection), queries search the gallery. For a
+    copy-detection split (`splits.task == "copy_detection"`) R@K is the fraction of
+    attacked copies whose original is among the first K references, and `with_map` adds
+    the copy-detection mAP (`keras_cgd.evaluation.copy_detection_map`).
 
     Returns:
-        dict `{"recall": {k: r}, "map_at_r": float (with_map)}`.
+        dict `{"recall": {k: r}, "map_at_r": float}` (with_map, retrieval) or
+        `{"recall": {k: r}, "map": float}` (with_map, copy detection).
     """
+    from keras_cgd.evaluation import copy_detection_map
     from keras_cgd.evaluation import map_at_r
     from keras_cgd.evaluation import recall_at_k
 
@@ -33,9 +38,22 @@ def evaluate(model, splits, ks=(1, 2, 4, 8), with_map=False):
     available = len(splits.test) - (0 if splits.query is not None else 1)
     ks = [k for k in ks if k <= available] or [1]
     out = {"recall": recall_at_k(gallery, splits.test.labels, ks, **kwargs)}
-    if with_map:
+    if with_map and getattr(splits, "task", "retrieval") == "copy_detection":
+        out["map"] = copy_detection_map(kwargs["query_embeddings"], kwargs["query_labels"], gallery,
+                                        splits.test.labels)
+    elif with_map:
         out["map_at_r"] = map_at_r(gallery, splits.test.labels, **kwargs)
     return out
+
+
+def format_metrics(result):
+    """`R@1 0.417  R@2 0.552 ...` followed by `mAP 0.512` (copy detection) or `(MAP@R 0.301)`."""
+    text = format_recall(result["recall"])
+    if result.get("map") is not None:
+        text += f"  mAP {result['map']:.3f}"
+    elif result.get("map_at_r") is not None:
+        text += f"  (MAP@R {result['map_at_r']:.3f})"
+    return text
 
 
 def format_recall(recall):

@@ -26,7 +26,12 @@ Usage:
 
 Each pipeline runs `--rounds` times, alternating with its baseline so that load from
 other processes hits both; the best rate of each is reported with every round's rate
-and the load average before and after. Prints one JSON line and writes it to
+and the load average before and after. Each run also records the CPU time (user +
+system, of tf.data's process; of the PyTorch process and its DataLoader workers) per
+image over the timed batches, a figure that other processes' load disturbs less than
+the rates (`cpu_speedup` = PyTorch CPU ms / keras-cgd CPU ms, best runs). The PyTorch
+baselines run in their own processes (forked DataLoader workers and TensorFlow's
+threads do not mix). Prints one JSON line and writes it to
 benchmarks/results/input_pipeline.json. Without torch and torchvision installed the
 baselines are skipped with a message (their fields are null).
 """
@@ -75,15 +80,33 @@ def make_jpegs(folder, count, seed=0):
     return paths, labels
 
 
-def _time(iterator, batches, warmup):
+def _cpu_seconds(pids=()):
+    """CPU time (user + system) of this process and of the given worker processes."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _time(iterator, batches, warmup, workers=lambda: ()):
+    """`(images/s, CPU ms per image)` over `batches` batches after `warmup` ones."""
     for _ in range(warmup):
         next(iterator)
+    pids = workers()
+    cpu = _cpu_seconds(pids)
     start = time.perf_counter()
     n = 0
     for _ in range(batches):
         x = next(iterator)[0]
         n += int(x.shape[0])
-    return n / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return n / elapsed, (_cpu_seconds(pids) - cpu) / n * 1e3
 
 
 # ------------------------------------------------------------------------ keras-cgd
@@ -206,17 +229,39 @@ def torch_order(kind, labels, args):
     return [i % len(labels) for i in range(total)]
 
 
-def baseline(kind, paths, labels, args):
+def baseline(kind, paths, labels, order, args):
+    """The PyTorch pipeline, measured in this process (see `baseline_in_subprocess`)."""
     import torch
-    from torch.utils.data import DataLoader, Dataset
-
-    class DS(_FileDataset, Dataset):
-        pass
+    from torch.utils.data import DataLoader
 
     torch.set_num_threads(1)
-    loader = DataLoader(DS(paths, labels, torch_transform(kind, args.image_size)), batch_size=args.batch_size,
-                        sampler=torch_order(kind, labels, args), num_workers=args.workers, drop_last=True)
-    return _time(iter(loader), args.batches, args.warmup)
+    loader = DataLoader(_FileDataset(paths, labels, torch_transform(kind, args.image_size)),
+                        batch_size=args.batch_size, sampler=order,
+                        num_workers=args.workers, drop_last=True)
+    it = iter(loader)
+    return _time(it, args.batches, args.warmup, lambda: [w.pid for w in getattr(it, "_workers", [])])
+
+
+def baseline_in_subprocess(kind, folder, labels, args):
+    """Runs `baseline` in a fresh Python process, as a PyTorch user's script would.
+
+    DataLoader workers are forked; forking this process after TensorFlow started its
+    threads is unsafe (it can crash), so the baseline never shares a process with tf.data.
+    """
+    import subprocess
+
+    with open(os.path.join(folder, f"order_{kind}.json"), "w") as f:
+        json.dump([int(i) for i in torch_order(kind, labels, args)], f)
+    cmd = [sys.executable, os.path.abspath(__file__), "--baseline-only", kind, "--folder", folder,
+           "--images", str(args.images), "--batches", str(args.batches), "--warmup", str(args.warmup),
+           "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
+           "--image-size", str(args.image_size), "--workers", str(args.workers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"The PyTorch baseline for {kind!r} failed:\n{proc.stderr[-2000:]}")
+    out = json.loads(lines[-1])
+    return out["images_per_s"], out["cpu_ms_per_image"]
 
 
 def main():
@@ -230,7 +275,18 @@ def main():
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is kept")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
+    parser.add_argument("--baseline-only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.baseline_only:
+        paths = [os.path.join(args.folder, f"{i:05d}.jpg") for i in range(args.images)]
+        with open(os.path.join(args.folder, "labels.json")) as f:
+            labels = json.load(f)
+        with open(os.path.join(args.folder, f"order_{args.baseline_only}.json")) as f:
+            order = json.load(f)
+        rate, cpu = baseline(args.baseline_only, paths, labels, order, args)
+        print(json.dumps({"images_per_s": rate, "cpu_ms_per_image": cpu}))
+        return
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
@@ -248,15 +304,21 @@ def main():
     import tensorflow as tf
 
     load_before = [round(v, 2) for v in os.getloadavg()]
-    runs = {k: {"keras_cgd": [], "torch": []} for k in kinds}
+    runs = {k: {"keras_cgd": [], "torch": [], "keras_cgd_cpu": [], "torch_cpu": []} for k in kinds}
     with tempfile.TemporaryDirectory() as folder:
         paths, labels = make_jpegs(folder, args.images)
+        with open(os.path.join(folder, "labels.json"), "w") as f:
+            json.dump([int(v) for v in labels], f)
         labels = np.asarray(labels, "int32")
         for _ in range(args.rounds):
             for kind in kinds:
-                runs[kind]["keras_cgd"].append(round(ours(kind, paths, labels, args), 1))
+                rate, cpu = ours(kind, paths, labels, args)
+                runs[kind]["keras_cgd"].append(round(rate, 1))
+                runs[kind]["keras_cgd_cpu"].append(round(cpu, 2))
                 if versions and kind != "ra_windowed_decodes":
-                    runs[kind]["torch"].append(round(baseline(kind, paths, labels, args), 1))
+                    rate, cpu = baseline_in_subprocess(kind, folder, labels, args)
+                    runs[kind]["torch"].append(round(rate, 1))
+                    runs[kind]["torch_cpu"].append(round(cpu, 2))
     load_after = [round(v, 2) for v in os.getloadavg()]
 
     result = {
@@ -273,18 +335,24 @@ def main():
         "load_average_before": load_before,
         "load_average_after": load_after,
     }
-    base_ra = max(runs["ra"]["torch"]) if "ra" in runs and runs["ra"]["torch"] else None
+    base = runs.get("ra", {"torch": [], "torch_cpu": []})
     for kind in kinds:
-        mine = max(runs[kind]["keras_cgd"])
-        theirs = max(runs[kind]["torch"]) if runs[kind]["torch"] else None
-        if kind == "ra_windowed_decodes":
-            theirs = base_ra
+        r = runs[kind] if kind != "ra_windowed_decodes" else {**runs[kind], "torch": base["torch"],
+                                                               "torch_cpu": base["torch_cpu"]}
+        mine, mine_cpu = max(r["keras_cgd"]), min(r["keras_cgd_cpu"])
+        theirs = max(r["torch"]) if r["torch"] else None
+        theirs_cpu = min(r["torch_cpu"]) if r["torch_cpu"] else None
         result[kind] = {
             "keras_cgd_images_per_s": mine,
-            "keras_cgd_runs": runs[kind]["keras_cgd"],
+            "keras_cgd_runs": r["keras_cgd"],
             "torch_dataloader_images_per_s": theirs,
-            "torch_runs": runs[kind]["torch"],
+            "torch_runs": r["torch"],
             "speedup": None if not theirs else round(mine / theirs, 2),
+            "keras_cgd_cpu_ms_per_image": mine_cpu,
+            "keras_cgd_cpu_runs": r["keras_cgd_cpu"],
+            "torch_cpu_ms_per_image": theirs_cpu,
+            "torch_cpu_runs": r["torch_cpu"],
+            "cpu_speedup": None if not theirs_cpu else round(theirs_cpu / mine_cpu, 2),
         }
     result.update({"tensorflow": tf.__version__, **(versions or {"torch": None}),
                    "python": platform.python_version()})

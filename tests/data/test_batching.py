@@ -364,3 +364,25 @@ def test_jpeg_files_same_seed_same_batches_each_epoch(tmp_path):
     assert np.abs(first[0].astype(float) - first[1]).mean() > 1  # a new epoch, new batches
     copies = first[0][:3].astype(float)  # one file decoded once, three independent crops
     assert min(np.abs(copies[i] - copies[j]).mean() for i, j in [(0, 1), (0, 2), (1, 2)]) > 1
+
+
+def test_multigrain_crops_of_jpeg_files_stay_inside_their_box(tmp_path):
+    # Only the box (grey) may be decoded into the crops, never the stripes around it.
+    from PIL import Image
+
+    paths, boxes = [], []
+    for i in range(4):
+        arr = np.zeros((96, 112, 3), np.uint8)
+        arr[:, ::2] = 255  # 1-pixel stripes: any crop that reaches outside has a huge spread
+        y0, x0 = 16 * (i % 2 + 1), 16 * (i // 2 + 1)
+        arr[y0 : y0 + 48, x0 : x0 + 64] = 60 + 40 * i
+        paths.append(os.path.join(str(tmp_path), f"{i}.jpg"))
+        Image.fromarray(arr).save(paths[-1], quality=95)
+        boxes.append([x0 + 3, y0 + 3, x0 + 61, y0 + 45])  # 3 px margin against JPEG ringing
+    data = kdata.ImageDataset(np.arange(4) % 2, ["a", "b"], paths=np.array(paths), boxes=np.array(boxes, "float32"))
+    for batches in (kdata.repeated_augmentation_batches(data, 6, 3, image_size=16, steps_per_epoch=3, seed=1),
+                    kdata.class_balanced_batches(data, 2, 2, image_size=16, augmentation="multigrain",
+                                                 steps_per_epoch=3, seed=1)):
+        for x, _ in batches.as_numpy_iterator():
+            spread = x.astype(float).reshape(len(x), -1, 3).std(axis=1).max(axis=1)
+            assert spread.max() < 8, spread  # uniform crops (stripes: ~127)

@@ -99,9 +99,11 @@ class RequestLimits:
     Example:
 
     >>> limits = RequestLimits(max_instances=64)
-    >>> read_predict_inputs({"instances": [1.0] * 65}, {"x": "float32"}, limits)
-    Traceback (most recent call last):
-    RestError: Invalid request: 65 instances in one request; ...
+    >>> try:
+    ...     read_predict_inputs({"instances": [1.0] * 65}, {"x": "float32"}, limits)
+    ... except RestError as e:
+    ...     print(e.status, e.message[:44])
+    400 Invalid request: 65 instances in one request
     """
 
     max_instances: int = DEFAULT_MAX_INSTANCES

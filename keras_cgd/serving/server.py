@@ -71,6 +71,7 @@ IMAGE_INPUT_NAME = "image_bytes"
 """String inputs of this name hold JPEG/PNG files (keras-cgd's `serving_default`)."""
 
 _DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
+_LARGE_REQUEST_BYTES = 1024 * 1024
 
 # absl/TF error codes → HTTP status (tensorflow_serving http_server.cc ToHTTPStatusCode).
 _HTTP_STATUS = {
@@ -352,6 +353,7 @@ class RestApp:
         self.max_request_bytes = max_request_bytes
         self.limits = limits if limits is not None else rest.RequestLimits()
         self.max_batch_size = max_batch_size
+        self.large_request_seen = threading.Event()  # the server trims memory after these
 
     def __call__(self, environ, start_response):
         from werkzeug.wrappers import Request
@@ -391,19 +393,22 @@ class RestApp:
         limit = self.max_request_bytes
         length = request.content_length
         stream = request.stream
-        try:
-            if length is not None and length > limit:
+        if length is not None and length > limit:
+            try:  # read (a bounded part of) it, so that the client sees the answer
                 drained = 0
                 while drained < min(length, _DRAIN_LIMIT_BYTES):
                     chunk = stream.read(1 << 20)
                     if not chunk:
                         break
                     drained += len(chunk)
-                raise rest.RestError(
-                    413,
-                    f"Request body of {length} bytes exceeds the limit of {limit} bytes "
-                    "(max_request_bytes); send smaller batches.",
-                )
+            except (ClientDisconnected, OSError):
+                pass
+            raise rest.RestError(
+                413,
+                f"Request body of {length} bytes exceeds the limit of {limit} bytes "
+                "(max_request_bytes); send smaller batches.",
+            )
+        try:
             body = stream.read(limit + 1)
         except ClientDisconnected as e:
             if isinstance(e.__context__, TimeoutError):
@@ -425,6 +430,8 @@ class RestApp:
                 413, f"Request body exceeds the limit of {limit} bytes (max_request_bytes); "
                 "send smaller batches."
             )
+        if len(body) > _LARGE_REQUEST_BYTES:
+            self.large_request_seen.set()
         return body
 
     @staticmethod
@@ -667,8 +674,10 @@ def limit_malloc_arenas(count=4):
     """Cap glibc's malloc arenas of this process (`mallopt(M_ARENA_MAX, count)`).
 
     By default glibc gives threads up to 8 arenas per core, and memory freed in
-    them after a burst of large requests is not returned (measured: +190 MiB
-    kept after a burst with 16 arenas, none with 4; `benchmarks/serving_attack.py`).
+    them after a burst of large requests is not returned, even by
+    `malloc_trim` (measured on 2 cores, 8 clients × 4 requests of 8 JPEGs of
+    1500 × 1500: +190 MiB kept with the default 16 arenas, none with 4; see
+    `rss_mib_after_burst` of `benchmarks/serving_attack.py`).
     `keras-cgd serve` calls it once at start, before its threads run; the same
     as `MALLOC_ARENA_MAX=4`. Returns True when applied (glibc only).
     """
@@ -754,18 +763,21 @@ def _server_class():
         def _trim_when_idle(self):
             """Give freed heap memory back to the system once no request is running.
 
-            glibc keeps freed memory in its per-thread arenas; after a burst of
-            large requests the process would stay at its peak. `malloc_trim(0)`
-            after 0.2 s without requests returns it (no-op without glibc).
+            glibc keeps freed memory in its arenas; after a burst of large
+            requests (bodies over 1 MiB) the process would stay near its peak.
+            `malloc_trim(0)` after 0.2 s without requests returns it (no-op
+            without glibc).
             """
             trim = _malloc_trim()
-            while trim is not None:
+            large = getattr(self.app, "large_request_seen", None)
+            while trim is not None and large is not None:
                 self._went_idle.wait()
                 self._went_idle.clear()
                 time.sleep(0.2)
                 with self._active_lock:
                     busy = self._active > 0
-                if not busy:
+                if not busy and large.is_set():
+                    large.clear()
                     trim(0)
 
         def handle_error(self, request, client_address):

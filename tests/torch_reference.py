@@ -32,16 +32,28 @@ def seeded(factory, seed):
     return factory()
 
 
-def randomize(net, seed):
-    """Random BN affine parameters and statistics (the init leaves them 1/0), eval mode."""
+def randomize(net, seed, images):
+    """Random BN affine parameters (the init leaves them 1/0) and BN statistics measured on
+    `images` (NHWC, normalised), as training leaves them, so activations and logits stay
+    O(1) as in a trained network (random statistics let them grow to ~1e3, where float32
+    cannot hold 1e-4 absolute agreement). Returns the net in eval mode."""
     torch.manual_seed(seed)
+    bns = [m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d))]
     with torch.no_grad():
+        for m in bns:
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.normal_(0.0, 0.1)
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batch
+        # Residual branches end with a small BN scale, as in trained ResNets: a random
+        # network with unit-scale branches is chaotic (it amplifies float32 rounding ~1e3x).
         for m in net.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+            if isinstance(m, torchvision.models.resnet.Bottleneck):
+                m.bn3.weight.uniform_(0.1, 0.3)
+        net.train()
+        net(images if torch.is_tensor(images) else nchw(images))
+    for m in bns:
+        m.momentum = 0.1
     return net.eval()
 
 
@@ -82,7 +94,7 @@ def resnets(out):
     refs = {}
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     refs["images50"] = x
-    net = randomize(seeded(torchvision.models.resnet50, 0), 0)
+    net = randomize(seeded(torchvision.models.resnet50, 0), 0, x)
     torch.save(net.state_dict(), os.path.join(out, "resnet50.pth"))
     sd = numpy_dict(net)
     np.savez(os.path.join(out, "resnet50.npz"), **sd)
@@ -116,8 +128,8 @@ def l2n(v, eps=1e-6):
     return v / (v.norm(dim=1, keepdim=True) + eps)
 
 
-def multigrain_checkpoint(seed, p, whitened, classes=1000):
-    net = randomize(seeded(torchvision.models.resnet50, seed), seed)
+def multigrain_checkpoint(seed, p, whitened, images, classes=1000):
+    net = randomize(seeded(torchvision.models.resnet50, seed), seed, images)
     state = collections.OrderedDict()
     for k, v in net.state_dict().items():
         if not k.startswith("fc."):
@@ -161,17 +173,24 @@ class CGDReference(torch.nn.Module):
     """The leftthomas/CGD module layout: features.{0..7}, main_modules.{i}.{0,1},
     auxiliary_module.{0,1}; forward written from the paper's definitions."""
 
-    def __init__(self, gd_config, feature_dim, classes, seed):
+    def __init__(self, gd_config, feature_dim, classes, seed, images, features=None):
         super().__init__()
-        base = with_strides(seeded(torchvision.models.resnet50, seed), (1, 2, 1, 2))
-        self.features = torch.nn.Sequential(*list(base.children())[:-2])
+        if features is None:
+            features = trunk(with_strides(seeded(torchvision.models.resnet50, seed), (1, 2, 1, 2)))
+        self.features = features
         k = feature_dim // len(gd_config)
         self.gd_config = gd_config
         self.main_modules = torch.nn.ModuleList(
             torch.nn.Sequential(torch.nn.Linear(2048, k, bias=False), BranchNorm()) for _ in gd_config
         )
         self.auxiliary_module = torch.nn.Sequential(torch.nn.BatchNorm1d(2048), torch.nn.Linear(2048, classes))
-        randomize(self, seed + 1)
+        if features is None or not getattr(features, "calibrated", False):
+            randomize(self, seed + 1, images)
+        else:  # a calibrated backbone shared between configurations: calibrate the head only
+            with torch.no_grad():
+                first = self.descriptor(features(nchw(images)), gd_config[0])
+            randomize(self.auxiliary_module, seed + 1, first)
+            self.eval()
 
     @staticmethod
     def descriptor(f, letter):
@@ -197,17 +216,33 @@ def cgd_file_name(gd_config):
     return f"car_uncropped_resnet50_{gd_config}_{CGD_DIM}_0.1_0.5_0.1_128_model.pth"
 
 
+def photos(size=64):
+    """Three real photos (scikit-image's astronaut, chelsea, coffee) at size × size: their
+    descriptors differ as real images' do, so the BN statistics measured on them are those
+    of a trained head (noise images give near-identical descriptors, near-zero variances)."""
+    import skimage.data
+    from PIL import Image
+
+    out = [np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB").resize((size, size), Image.BILINEAR))
+           for name in ("astronaut", "chelsea", "coffee")]
+    return np.stack(out).astype(np.uint8)
+
+
 def checkpoints(out):
     refs = {}
-    images = np.random.default_rng(5).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
+    images = photos()
     refs["images"] = images
     x = normalize(images)
     for name, seed, whitened in (("joint_3B_0.5", 10, False), ("multigrain_whitened", 11, True)):
-        net, state = multigrain_checkpoint(seed, 3.0, whitened)
+        net, state = multigrain_checkpoint(seed, 3.0, whitened, x)
         torch.save({"model_state": state}, os.path.join(out, f"{name}.pth"))
         refs[f"{name}/embedding"], refs[f"{name}/logits"] = multigrain_forward(net, state, x, whitened)
+    shared = None
     for i, gd in enumerate(CGD_CONFIGS):
-        model = CGDReference(gd, CGD_DIM, CGD_CLASSES, seed=20 + 3 * i)
+        model = CGDReference(gd, CGD_DIM, CGD_CLASSES, 20 + 3 * i, x, features=shared)
+        if shared is None:  # one backbone for every configuration (its heads differ)
+            shared = model.features
+            shared.calibrated = True
         torch.save(model.state_dict(), os.path.join(out, cgd_file_name(gd)))
         with torch.no_grad():
             emb, logits = model(nchw(x))

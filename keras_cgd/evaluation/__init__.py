@@ -1,6 +1,8 @@
-"""Retrieval evaluation: chunked top-k, metrics, callback, MultiGrain test-time tools, plots."""
+"""Retrieval evaluation: chunked top-k, metrics, callback, MultiGrain test-time tools,
+classification accuracy, plots."""
 
 from keras_cgd.evaluation.callbacks import EvalCallback
+from keras_cgd.evaluation.classification import classification_accuracy
 from keras_cgd.evaluation.metrics import copy_detection_map
 from keras_cgd.evaluation.metrics import map_at_r
 from keras_cgd.evaluation.metrics import mean_average_precision

@@ -208,11 +208,11 @@ def build_backbone(
         stage_strides = list(tv_resnet.check_strides(strides or tv_resnet.TORCHVISION_STRIDES))
         if last_stride is not None:
             stage_strides[-1] = last_stride
-        model = tv_resnet.tv_resnet(
+        # Frozen BN layers are built in place (no clone of a 50-layer model).
+        return tv_resnet.tv_resnet(
             _TV_RESNETS[backbone], input_shape=input_shape, strides=stage_strides,
-            weights=weights, name=backbone,
+            weights=weights, name=backbone, freeze_bn_statistics=freeze_bn_statistics,
         )
-        return _maybe_freeze(model, freeze_bn_statistics)
     from keras_cgd.models import hub_backbones
 
     if hub_backbones.is_hub_backbone(backbone):

@@ -25,6 +25,12 @@ def build_model(name="cgd", compile=True, **kwargs):
         **kwargs: constructor arguments of `CGDModel` / `MultiGrainModel`
             (`num_classes`, `backbone`, `weights`, `input_shape`,
             `descriptors`, `embedding_dim`, ...), overriding the preset.
+            For a preset with published weights (`multigrain_resnet50_joint_*`,
+            `cgd_leftthomas_*`: those with a "checkpoint" entry), `weights` is
+            the checkpoint: a local file, a URL (downloaded by
+            `keras.utils.get_file`, verified against the preset's pinned hash),
+            or "published" (the preset's URL); None builds the architecture
+            with random weights. See `keras_cgd.models.from_checkpoint`.
 
     Returns:
         A functional `keras.Model` with outputs `{"embedding", "logits"}`.
@@ -39,6 +45,10 @@ def build_model(name="cgd", compile=True, **kwargs):
     """
     if not isinstance(name, str):
         raise TypeError(f"Expected a model or preset name (str). Received: name={name!r}")
+    if name in PRESETS and PRESETS[name].get("checkpoint") and kwargs.get("weights") is not None:
+        from keras_cgd.models.checkpoints import build_preset_with_weights
+
+        return build_preset_with_weights(name, kwargs.pop("weights"), compile=compile, **kwargs)
     if name in PRESETS:
         preset = PRESETS[name]
         family = preset["model"]

@@ -374,6 +374,8 @@ def resolve_weights_file(weights, checkpoint=None):
     if _is_url(weights):
         import keras
 
+        if CACHE_DIR is not None:
+            os.makedirs(CACHE_DIR, exist_ok=True)  # get_file falls back to /tmp if it is absent
         file_hash = checkpoint.get("file_hash") if weights == checkpoint.get("url") else None
         name = checkpoint.get("file_name") if weights == checkpoint.get("url") else None
         return keras.utils.get_file(

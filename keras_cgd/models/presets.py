@@ -166,6 +166,142 @@ PRESETS = {
     },
 }
 
+# --- presets with published weights (build_model(name, weights=path_or_url)) -------------
+# MultiGrain: facebookresearch/multigrain README (files, top-1 at 224) and paper Table 2/3
+# (s*, p*, top-1/top-5, retrieval); weights CC BY-NC 4.0. CGD: leftthomas/CGD README
+# (Baidu Pan downloads, not direct links: the user passes the downloaded file).
+
+MULTIGRAIN_LICENSE = "CC-BY-NC-4.0"
+_MULTIGRAIN_URL = "https://dl.fbaipublicfiles.com/multigrain/multigrain_models/"
+_IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "rgb"}
+# Paper §3.5 / Table 2 (models trained with p=3): p* per test resolution s* (longest side).
+_P_STAR = {1.0: {"224": 3.0, "500": 4.0, "800": 4.0}, 0.5: {"224": 3.0, "500": 4.0, "800": 5.0}}
+
+
+def _multigrain_checkpoint(stem, p, lam, augmentation, reported):
+    p_star = _P_STAR[lam] if p == 3.0 else {"224": p}
+    return {
+        "model": "multigrain",
+        "description": (
+            f"MultiGrain ResNet-50 {stem}.pth (GeM p={p:g}, lambda={lam:g}, {augmentation} "
+            f"augmentation), ImageNet top-1 {reported['top1@224']} at 224. Weights: "
+            "facebookresearch/multigrain, CC BY-NC 4.0 (non-commercial use only)."
+        ),
+        "license": MULTIGRAIN_LICENSE,
+        "checkpoint": {
+            "format": "multigrain",
+            "file_name": f"{stem}.pth",
+            "url": _MULTIGRAIN_URL + f"{stem}.pth",
+            # sha256 of the published file; None until pinned (keras.utils.get_file then
+            # downloads without verifying).
+            "file_hash": None,
+            "source": "https://github.com/facebookresearch/multigrain",
+        },
+        "config": {
+            "backbone": "tv_resnet50",
+            "weights": None,
+            "input_shape": (None, None, 3),
+            "num_classes": 1000,
+            "gem_p": p,
+            "classification_weight": lam,
+            "learning_rate": 0.2,
+            "last_stride": None,
+        },
+        "preprocessing": {
+            **_IMAGENET_NORMALIZATION,
+            "train_size": 224,
+            "test": "s*=224: resize the shorter side to 256 and center-crop 224; s*>224: "
+            "resize the longest side to s*, no crop",
+        },
+        "test_time": {"p_star": p_star},
+        "training": dict(PRESETS["multigrain_resnet50"]["training"], augmentation=augmentation),
+        "reported": {**reported, "source": "facebookresearch/multigrain README; MultiGrain paper Tables 2-3"},
+    }
+
+
+_RETRIEVAL = {
+    1.0: {"holidays_map@500": 91.8, "ukb@500": 3.89, "cd10k_map@500": 81.1,
+          "holidays_map@800": 91.6, "ukb@800": 3.91, "cd10k_map@800": 82.5},
+    0.5: {"holidays_map@500": 91.5, "ukb@500": 3.90, "cd10k_map@500": 80.7,
+          "holidays_map@800": 92.5, "ukb@800": 3.91, "cd10k_map@800": 78.6},
+}
+
+PRESETS.update({
+    "multigrain_resnet50_joint_1B_1.0": _multigrain_checkpoint(
+        "joint_1B_1.0", 1.0, 1.0, "full", {"top1@224": 76.8, "top5@224": 93.2}),
+    "multigrain_resnet50_joint_3B_1.0": _multigrain_checkpoint(
+        "joint_3B_1.0", 3.0, 1.0, "full", {"top1@224": 76.9, "top5@224": 93.5, **_RETRIEVAL[1.0]}),
+    "multigrain_resnet50_joint_1B_0.5": _multigrain_checkpoint(
+        "joint_1B_0.5", 1.0, 0.5, "full", {"top1@224": 77.0, "top5@224": 93.6}),
+    "multigrain_resnet50_joint_3B_0.5": _multigrain_checkpoint(
+        "joint_3B_0.5", 3.0, 0.5, "full",
+        {"top1@224": 77.4, "top5@224": 93.6, "top1@500_p4": 78.6, "top5@500_p4": 94.4,
+         "top1@800_p5": 77.2, "top5@800_p5": 93.5, **_RETRIEVAL[0.5]}),
+    "multigrain_resnet50_joint_3BAA_0.5": _multigrain_checkpoint(
+        "joint_3BAA_0.5", 3.0, 0.5, "autoaugment",
+        {"top1@224": 78.2, "top5@224": 93.9, "top1@500_p4": 79.4, "top5@500_p4": 94.8,
+         "top1@800_p5": 77.8, "top5@800_p5": 93.9}),
+})
+
+
+def _cgd_leftthomas(data, crop, descriptors, num_classes, dataset, recall, baidu_code, ks=(1, 2, 4, 8)):
+    file_name = f"{data}_{crop}_resnet50_{descriptors}_1536_0.1_0.5_0.1_128_model.pth"
+    return {
+        "model": "cgd",
+        "description": (
+            f"CGD ResNet-50 {descriptors} 1536-d on {dataset} ({crop}), leftthomas/CGD reimplementation "
+            f"(R@1 {recall[0]}); weights: your downloaded {file_name} (Baidu Pan, code {baidu_code}; "
+            "no licence stated by the repository)."
+        ),
+        "license": "not stated (leftthomas/CGD)",
+        "checkpoint": {
+            "format": "cgd",
+            "file_name": file_name,
+            "url": None,
+            "file_hash": None,
+            "source": "https://github.com/leftthomas/CGD",
+            "download": f"Baidu Pan link in the leftthomas/CGD README, extraction code {baidu_code}",
+        },
+        "config": {
+            "backbone": "tv_resnet50",
+            "backbone_strides": (1, 2, 1, 2),
+            "weights": None,
+            "input_shape": (224, 224, 3),
+            "descriptors": descriptors,
+            "embedding_dim": 1536,
+            "num_classes": num_classes,
+            "last_stride": None,
+            "freeze_bn_statistics": True,
+            "classifier_bn_epsilon": 1e-5,
+            "classifier_bn_momentum": 0.9,
+        },
+        "preprocessing": {**_IMAGENET_NORMALIZATION, "test": "resize to 224x224 (aspect not kept), no crop"},
+        "training": dict(_CGD_TRAINING, recall_ks=list(ks)),
+        "reported": {
+            **{f"recall@{k}": r for k, r in zip(ks, recall)},
+            "source": "leftthomas/CGD README (20 epochs, one V100)",
+        },
+    }
+
+
+PRESETS.update({
+    "cgd_leftthomas_resnet50_cars196_uncropped": _cgd_leftthomas(
+        "car", "uncropped", "SG", 98, "CARS196", (86.4, 92.1, 95.6, 97.5), "r3sn"),
+    "cgd_leftthomas_resnet50_cars196_cropped": _cgd_leftthomas(
+        "car", "cropped", "SG", 98, "CARS196", (92.4, 96.1, 97.8, 98.7), "sf5s"),
+    "cgd_leftthomas_resnet50_cub200_uncropped": _cgd_leftthomas(
+        "cub", "uncropped", "MG", 100, "CUB-200-2011", (66.0, 76.4, 84.8, 90.7), "2cfi"),
+    "cgd_leftthomas_resnet50_cub200_cropped": _cgd_leftthomas(
+        "cub", "cropped", "MG", 100, "CUB-200-2011", (73.9, 83.1, 89.6, 94.0), "pi4q"),
+    "cgd_leftthomas_resnet50_sop": _cgd_leftthomas(
+        "sop", "uncropped", "SG", 11318, "Stanford Online Products", (79.3, 90.6, 95.8, 98.6), "qgsn",
+        ks=(1, 10, 100, 1000)),
+    "cgd_leftthomas_resnet50_inshop": _cgd_leftthomas(
+        "isc", "uncropped", "GS", 3997, "In-shop Clothes", (83.6, 95.7, 97.1, 97.7, 98.1, 98.4), "8jmp",
+        ks=(1, 10, 20, 30, 40, 50)),
+})
+
+
 MODEL_FAMILIES = ("cgd", "multigrain")
 
 

@@ -78,31 +78,42 @@ def _apply(layers, x):
     return x
 
 
-def _bn(name):
-    return keras.layers.BatchNormalization(
-        epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name
-    )
+def _bn(name, frozen=False):
+    if frozen:
+        from keras_cgd.layers.frozen_batch_normalization import FrozenBatchNormalization
+
+        cls = FrozenBatchNormalization
+    else:
+        cls = keras.layers.BatchNormalization
+    return cls(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
-def _bottleneck(x, width, stride, downsample, name):
+def _bottleneck(x, width, stride, downsample, name, frozen=False):
     """torchvision `Bottleneck`: 1×1 → 3×3 (stride) → 1×1 (4× width), + shortcut, ReLU."""
     shortcut = x
     y = _apply(_conv(width, 1, 1, f"{name}_conv1"), x)
-    y = keras.layers.ReLU(name=f"{name}_relu1")(_bn(f"{name}_bn1")(y))
+    y = keras.layers.ReLU(name=f"{name}_relu1")(_bn(f"{name}_bn1", frozen)(y))
     y = _apply(_conv(width, 3, stride, f"{name}_conv2"), y)
-    y = keras.layers.ReLU(name=f"{name}_relu2")(_bn(f"{name}_bn2")(y))
+    y = keras.layers.ReLU(name=f"{name}_relu2")(_bn(f"{name}_bn2", frozen)(y))
     y = _apply(_conv(width * EXPANSION, 1, 1, f"{name}_conv3"), y)
-    y = _bn(f"{name}_bn3")(y)
+    y = _bn(f"{name}_bn3", frozen)(y)
     if downsample:
         shortcut = keras.layers.Conv2D(
             width * EXPANSION, 1, strides=stride, use_bias=False, name=f"{name}_downsample_0"
         )(x)
-        shortcut = _bn(f"{name}_downsample_1")(shortcut)
+        shortcut = _bn(f"{name}_downsample_1", frozen)(shortcut)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def tv_resnet(depth=50, input_shape=(None, None, 3), strides=TORCHVISION_STRIDES, weights=None, name=None):
+def tv_resnet(
+    depth=50,
+    input_shape=(None, None, 3),
+    strides=TORCHVISION_STRIDES,
+    weights=None,
+    name=None,
+    freeze_bn_statistics=False,
+):
     """A headless torchvision-layout ResNet (feature map of `layer4`).
 
     Args:
@@ -114,6 +125,8 @@ def tv_resnet(depth=50, input_shape=(None, None, 3), strides=TORCHVISION_STRIDES
             `.npz`), or a mapping `{name: array}`. `fc.*` is ignored; any other unknown,
             missing or misshapen tensor raises `WeightMappingError` naming it.
         name: model name (default `tv_resnet{depth}`).
+        freeze_bn_statistics: build with `FrozenBatchNormalization` (moving statistics
+            fixed in training, gamma/beta trainable: PyTorch's `bn.eval()`).
 
     Returns:
         A functional `keras.Model`: `(batch, H, W, 3)` → `(batch, h, w, 2048)`, with
@@ -133,14 +146,15 @@ def tv_resnet(depth=50, input_shape=(None, None, 3), strides=TORCHVISION_STRIDES
     inputs = keras.Input(tuple(input_shape), name="images")
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = keras.layers.Conv2D(64, 7, strides=2, use_bias=False, name="conv1")(x)
-    x = keras.layers.ReLU(name="relu")(_bn("bn1")(x))
+    x = keras.layers.ReLU(name="relu")(_bn("bn1", freeze_bn_statistics)(x))
     # PyTorch pads the max pool with -inf; after a ReLU zeros give the same maxima.
     x = keras.layers.ZeroPadding2D(1, name="maxpool_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
     for stage, (blocks, width, stride) in enumerate(zip(BLOCKS[depth], WIDTHS, strides), start=1):
         for b in range(blocks):
             x = _bottleneck(
-                x, width, stride if b == 0 else 1, downsample=b == 0, name=f"layer{stage}_{b}"
+                x, width, stride if b == 0 else 1, downsample=b == 0, name=f"layer{stage}_{b}",
+                frozen=freeze_bn_statistics,
             )
     model = keras.Model(inputs, x, name=name or f"tv_resnet{depth}")
     if weights is not None:
@@ -148,14 +162,16 @@ def tv_resnet(depth=50, input_shape=(None, None, 3), strides=TORCHVISION_STRIDES
     return model
 
 
-def tv_resnet50(input_shape=(None, None, 3), strides=TORCHVISION_STRIDES, weights=None, name=None):
+def tv_resnet50(input_shape=(None, None, 3), strides=TORCHVISION_STRIDES, weights=None, name=None,
+                freeze_bn_statistics=False):
     """`tv_resnet(50, ...)`: torchvision's `resnet50` layout (timm's `tv_resnet50`)."""
-    return tv_resnet(50, input_shape=input_shape, strides=strides, weights=weights, name=name)
+    return tv_resnet(50, input_shape, strides, weights, name, freeze_bn_statistics)
 
 
-def tv_resnet101(input_shape=(None, None, 3), strides=TORCHVISION_STRIDES, weights=None, name=None):
+def tv_resnet101(input_shape=(None, None, 3), strides=TORCHVISION_STRIDES, weights=None, name=None,
+                 freeze_bn_statistics=False):
     """`tv_resnet(101, ...)`: torchvision's `resnet101` layout (timm's `tv_resnet101`)."""
-    return tv_resnet(101, input_shape=input_shape, strides=strides, weights=weights, name=name)
+    return tv_resnet(101, input_shape, strides, weights, name, freeze_bn_statistics)
 
 
 def tv_resnet_weight_table(depth=50):

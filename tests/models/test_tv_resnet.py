@@ -31,9 +31,8 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
-    out = tmp_path_factory.mktemp("resnets")
-    refs = torch_reference("resnets", out)
-    refs["dir"] = str(out)
+    out, refs = torch_reference("resnets", tmp_path_factory)
+    refs["dir"] = out
     return refs
 
 

@@ -37,12 +37,17 @@ def _batches(splits, settings, epoch, seed):
     )
 
 
-def train(config=None, log=print, **overrides):
+def train(config=None, log=print, progress="auto", **overrides):
     """Trains (or resumes) a model, evaluates Recall@K before and after, and exports it.
 
     Args:
         config: a `TrainConfig` (default: the default job on "photo_views").
-        log: function called with each progress line (`print`; None for silence).
+        log: function called with each log line (`print`; None for silence): the
+            dataset, Recall@K before and after, one line per epoch, where the
+            checkpoint and the SavedModel are.
+        progress: bars within epochs, while embedding and while exporting: "auto"
+            (default: on a terminal or in Jupyter), True or False (see
+            `keras_cgd.training.progress`).
         **overrides: `TrainConfig` fields replacing those of `config`.
 
     Returns:
@@ -55,8 +60,10 @@ def train(config=None, log=print, **overrides):
 
     import keras_cgd
     from keras_cgd.models import step_decay_schedule
+    from keras_cgd.training import progress as _progress
 
     log = log or (lambda *_: None)
+    show = _progress.resolve_progress(progress)
     start = time.time()
     config = dataclasses.replace(copy.copy(config or TrainConfig()), **overrides)
     settings = resolve_settings(config)
@@ -89,9 +96,10 @@ def train(config=None, log=print, **overrides):
         initial_epoch = 0
         state = {"args": args, "epochs": settings["epochs"], "completed_epochs": 0, "checkpoint": None,
                  "history": []}
+    state["model_name"] = settings["name"]  # `keras-cgd export <run>` writes its next version
     ks = settings["recall_ks"]
     if state.get("recall_before") is None:
-        state["recall_before"] = {str(k): v for k, v in evaluate(model, splits, ks)["recall"].items()}
+        state["recall_before"] = {str(k): v for k, v in evaluate(model, splits, ks, progress=show)["recall"].items()}
         _atomic_write_json(os.path.join(run_dir, STATE_FILENAME), state)
     recall_before = {int(k): v for k, v in state["recall_before"].items()}
     log(f"before training: {format_recall(recall_before)}")
@@ -105,14 +113,16 @@ def train(config=None, log=print, **overrides):
     for epoch in range(initial_epoch, settings["epochs"]):
         t0 = time.time()
         batches = _batches(splits, settings, epoch, config.seed)
+        bar = _progress.keras_progress(f"epoch {epoch + 1}/{settings['epochs']}",
+                                       _progress.num_batches(batches, 1), enabled=show)
         hist = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False,
-                         callbacks=[schedule])
+                         callbacks=[schedule, bar])
         loss = float(hist.history["loss"][-1])
         state["history"] = state.get("history", []) + [{"epoch": epoch + 1, "loss": loss}]
         state = _save_checkpoint(model, run_dir, epoch + 1, state)
         log(f"epoch {epoch + 1}/{settings['epochs']}  loss {loss:.4f}  lr {float(model.optimizer.learning_rate):.2g}  "
             f"{time.time() - t0:.1f} s")
-    result = evaluate(model, splits, ks, with_map=True)
+    result = evaluate(model, splits, ks, with_map=True, progress=show)
     recall_after = result["recall"]
     log(f"after training:  {format_recall(recall_after)}  (MAP@R {result['map_at_r']:.3f})")
     state["recall_after"] = {str(k): v for k, v in recall_after.items()}
@@ -124,7 +134,8 @@ def train(config=None, log=print, **overrides):
     elif config.export_dir:
         from keras_cgd.export import export_saved_model
 
-        export_path = export_saved_model(model, os.path.join(config.export_dir, settings["name"]))
+        with _progress.busy(f"exporting a SavedModel to {os.path.join(config.export_dir, settings['name'])}", show):
+            export_path = export_saved_model(model, os.path.join(config.export_dir, settings["name"]))
         state["export_path"] = export_path
         log(f"SavedModel: {export_path}")
     _atomic_write_json(os.path.join(run_dir, STATE_FILENAME), state)

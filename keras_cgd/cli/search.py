@@ -3,6 +3,7 @@
 import os
 import sys
 
+from keras_cgd.cli._common import Output
 from keras_cgd.cli._common import UsageError
 from keras_cgd.cli._common import add_backend
 from keras_cgd.cli._common import add_dataset
@@ -14,7 +15,9 @@ def add_parser(sub):
     p = sub.add_parser("search", help="top-k neighbours of query images in a gallery",
                        description="Embed a gallery (dataset or folder), build an exact index, and print "
                        "the top-k neighbours of each query image; --grid draws them.")
-    p.add_argument("model", help=".keras file or run directory")
+    from keras_cgd.cli.evaluate import MODEL_HELP
+
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("queries", nargs="+", help="query image files")
     add_dataset(p, default="photo_views")
     p.add_argument("--gallery", default=None, help="gallery: a dataset (as --dataset) or a folder of images; "
@@ -82,17 +85,21 @@ def run(args):
     from keras_cgd.index import ExactIndex
     from keras_cgd.index import load_index
 
+    out = Output(args)
     for q in args.queries:
         if not os.path.isfile(q):
             raise UsageError(f"Invalid value received for argument `queries`. Expected image files. Received: {q!r}")
     if args.gallery is not None and not os.path.isdir(args.gallery):
         training.check_dataset_spec(args.gallery)
-    model = training.load_model(args.model)
+    _, target = training.describe_model_path(args.model)
+    model = training.load_embedder(args.model)
     size = int(model.input_shape[1])
+    out.log(f"loaded {target} ({size} px)")
     small = training.small_from_env() if args.small is None else args.small
     gallery = None
     if args.index and os.path.isfile(args.index) and args.gallery is None:
         index = load_index(args.index)
+        out.log(f"loaded the index of {len(index)} images from {args.index}")
     else:
         gallery = _gallery(args.gallery or args.dataset, size, small)
         index = ExactIndex()
@@ -100,10 +107,11 @@ def run(args):
             {"label": gallery.class_names[int(lab)], "path": None if gallery.paths is None else str(gallery.paths[i])}
             for i, lab in enumerate(gallery.labels)
         ]
-        index.add(training.embed(model, gallery), metadata=meta)
+        index.add(training.embed(model, gallery, progress=out.show_progress(),
+                                 desc=f"embedding {len(gallery)} gallery images"), metadata=meta)
         if args.index:
             index.save(args.index)
-            print(f"index of {len(index)} images written to {args.index}")
+            out.log(f"index of {len(index)} images written to {args.index}")
     k = min(args.k, len(index))
     queries = np.stack([_read_query(q, size) for q in args.queries])
     emb = np.asarray(model.predict(queries.astype("float32"), verbose=0)["embedding"])
@@ -134,5 +142,5 @@ def run(args):
 
         neighbours = np.vectorize(lambda i: pos[int(i)])(ids)
         plot_retrieval_grid(list(queries), query_labels, _Lazy(), gallery_labels, neighbours, args.grid)
-        print(f"grid written to {args.grid}")
+        out.log(f"grid written to {args.grid}")
     return 0

@@ -15,8 +15,9 @@ epoch. Epoch `e` trains on batches planned from `(seed, e)` alone, so a resumed 
 sees exactly the batches it would have seen without the interruption.
 
 Modules: `config` (TrainConfig and its resolved settings), `datasets` (dataset
-specifications and splits), `run_state` (state.json, checkpoints, `load_model`),
-`scoring` (embedding and Recall@K), `loop` (`train`).
+specifications and splits), `run_state` (state.json, checkpoints, `load_model`,
+`load_embedder`), `saved_model_embedder` (an exported SavedModel used for embedding),
+`scoring` (embedding and Recall@K), `progress` (progress bars), `loop` (`train`).
 
 Example:
 
@@ -42,6 +43,8 @@ from keras_cgd.training.datasets import resolve_dataset
 from keras_cgd.training.loop import _batches
 from keras_cgd.training.loop import train
 from keras_cgd.training.run_state import STATE_FILENAME
+from keras_cgd.training.run_state import describe_model_path
+from keras_cgd.training.run_state import load_embedder
 from keras_cgd.training.run_state import load_model
 from keras_cgd.training.run_state import read_state
 from keras_cgd.training.scoring import embed
@@ -51,7 +54,8 @@ from keras_cgd.training.scoring import format_recall
 
 __all__ = [
     "BUILTIN_DATASETS", "DEFAULT_PRESET", "SMALL_ENV", "STANDARD_DATASETS", "STATE_FILENAME", "DatasetSplits",
-    "TrainConfig", "check_dataset_spec", "check_descriptors", "dataset_choices", "embed",
-    "evaluate", "format_metrics", "format_recall", "load_model", "read_state", "resolve_dataset",
+    "TrainConfig", "check_dataset_spec", "check_descriptors", "dataset_choices", "describe_model_path",
+    "embed", "evaluate", "format_metrics", "format_recall", "load_embedder", "load_model", "read_state",
+    "resolve_dataset",
     "resolve_settings", "run_dir_for", "small_from_env", "train", "training_args",
 ]

@@ -37,7 +37,7 @@ def _batches(splits, settings, epoch, seed):
     )
 
 
-def train(config=None, log=print, **overrides):
+def train(config=None, log=print, progress="auto", **overrides):
     """Trains (or resumes) a model, evaluates Recall@K before and after, and exports it.
 
     "Before" is the network as built: for pretrained weights (the default job's ImageNet
@@ -47,7 +47,12 @@ def train(config=None, log=print, **overrides):
     Args:
         config: a `TrainConfig` (default: the default job, `DEFAULT_PRESET` on its
             dataset "photo_copies").
-        log: function called with each progress line (`print`; None for silence).
+        log: function called with each log line (`print`; None for silence): the
+            dataset, the metrics before and after, one line per epoch, where the
+            checkpoint and the SavedModel are.
+        progress: bars within epochs, while embedding and while exporting: "auto"
+            (default: on a terminal or in Jupyter), True or False (see
+            `keras_cgd.training.progress`).
         **overrides: `TrainConfig` fields replacing those of `config`.
 
     Returns:
@@ -61,8 +66,10 @@ def train(config=None, log=print, **overrides):
 
     import keras_cgd
     from keras_cgd.models import step_decay_schedule
+    from keras_cgd.training import progress as _progress
 
     log = log or (lambda *_: None)
+    show = _progress.resolve_progress(progress)
     start = time.time()
     config = dataclasses.replace(copy.copy(config or TrainConfig()), **overrides)
     settings = resolve_settings(config)
@@ -96,10 +103,11 @@ def train(config=None, log=print, **overrides):
         initial_epoch = 0
         state = {"args": args, "epochs": settings["epochs"], "completed_epochs": 0, "checkpoint": None,
                  "history": []}
+    state["model_name"] = settings["name"]  # `keras-cgd export <run>` writes its next version
     ks = settings["recall_ks"]
     copy_detection = splits.task == "copy_detection"
     if state.get("recall_before") is None:
-        before = evaluate(model, splits, ks, with_map=copy_detection)
+        before = evaluate(model, splits, ks, with_map=copy_detection, progress=show)
         state["recall_before"] = {str(k): v for k, v in before["recall"].items()}
         state["map_before"] = before.get("map")
         _atomic_write_json(os.path.join(run_dir, STATE_FILENAME), state)
@@ -118,14 +126,16 @@ def train(config=None, log=print, **overrides):
     for epoch in range(initial_epoch, settings["epochs"]):
         t0 = time.time()
         batches = _batches(splits, settings, epoch, config.seed)
+        bar = _progress.keras_progress(f"epoch {epoch + 1}/{settings['epochs']}",
+                                       _progress.num_batches(batches, 1), enabled=show)
         hist = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False,
-                         callbacks=[schedule])
+                         callbacks=[schedule, bar])
         loss = float(hist.history["loss"][-1])
         state["history"] = state.get("history", []) + [{"epoch": epoch + 1, "loss": loss}]
         state = _save_checkpoint(model, run_dir, epoch + 1, state)
         log(f"epoch {epoch + 1}/{settings['epochs']}  loss {loss:.4f}  lr {float(model.optimizer.learning_rate):.2g}  "
             f"{time.time() - t0:.1f} s")
-    result = evaluate(model, splits, ks, with_map=True)
+    result = evaluate(model, splits, ks, with_map=True, progress=show)
     recall_after = result["recall"]
     log(f"after training:  {format_metrics(result)}")
     state["recall_after"] = {str(k): v for k, v in recall_after.items()}
@@ -138,7 +148,8 @@ def train(config=None, log=print, **overrides):
     elif config.export_dir:
         from keras_cgd.export import export_saved_model
 
-        export_path = export_saved_model(model, os.path.join(config.export_dir, settings["name"]))
+        with _progress.busy(f"exporting a SavedModel to {os.path.join(config.export_dir, settings['name'])}", show):
+            export_path = export_saved_model(model, os.path.join(config.export_dir, settings["name"]))
         state["export_path"] = export_path
         log(f"SavedModel: {export_path}")
     _atomic_write_json(os.path.join(run_dir, STATE_FILENAME), state)

@@ -91,11 +91,62 @@ def load_model(path):
 
     import keras_cgd.models  # noqa: F401  (registers the custom classes)
 
+    kind, target = describe_model_path(path)
+    if kind != "keras":
+        raise _usage_error("model", "a .keras file or a run directory (a SavedModel can be evaluated and "
+                           "searched, not loaded as a Keras model)", path)
+    return keras.saving.load_model(target)
+
+
+def _saved_model_version(path):
+    """The SavedModel directory `path` names (itself, or its highest version), else None."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted(
+        int(d) for d in os.listdir(path)
+        if d.isdigit() and os.path.isfile(os.path.join(path, d, "saved_model.pb"))
+    )
+    return os.path.join(path, str(versions[-1])) if versions else None
+
+
+def describe_model_path(path):
+    """What `load_embedder(path)` loads: `("keras", file)` or `("saved_model", version_dir)`.
+
+    Raises `ValueError` naming the value and the accepted kinds.
+    """
+    expected = ("a .keras file, a run directory (with state.json), a SavedModel version directory "
+                "(with saved_model.pb) or a model base directory (<version>/saved_model.pb)")
+    path = os.fspath(path)
     if os.path.isdir(path):
-        state = read_state(path)
-        if not state or not state.get("checkpoint"):
-            raise _usage_error("model", "a .keras file or a run directory with a checkpoint", path)
-        path = os.path.join(path, state["checkpoint"])
-    if not (os.path.isfile(path) and path.endswith(".keras")):
-        raise _usage_error("model", "an existing .keras file or run directory", path)
-    return keras.saving.load_model(path)
+        if os.path.isfile(os.path.join(path, STATE_FILENAME)):
+            state = read_state(path)
+            if not state or not state.get("checkpoint"):
+                raise _usage_error("model", "a run directory with a checkpoint (it has no completed epoch)", path)
+            return "keras", os.path.join(path, state["checkpoint"])
+        version_dir = _saved_model_version(path)
+        if version_dir is not None:
+            return "saved_model", version_dir
+        raise _usage_error("model", expected, path)
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return "keras", path
+    raise _usage_error("model", expected, path)
+
+
+def load_embedder(path):
+    """Loads what embeds images: a Keras model or an exported SavedModel.
+
+    Args:
+        path: a `.keras` file, a run directory (its last checkpoint), a SavedModel
+            version directory (`savedmodels/<name>/<version>`) or a model base
+            directory (`savedmodels/<name>`: its highest version, as TF Serving).
+
+    Returns:
+        A Keras model, or a `SavedModelEmbedder`; both have `input_shape` and
+        `predict(x)["embedding"]`.
+    """
+    kind, target = describe_model_path(path)
+    if kind == "keras":
+        return load_model(target)
+    from keras_cgd.training.saved_model_embedder import SavedModelEmbedder
+
+    return SavedModelEmbedder(target)

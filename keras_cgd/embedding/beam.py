@@ -13,9 +13,12 @@ The items, ids, keys, decoding and Parquet schema are those of
 `keras_cgd.embedding.embed_images` (`keras-cgd embed`), so both jobs write the
 same rows for the same images (in other files, in another order:
 `read_embeddings` sorts by id). The pipeline runs on the DirectRunner unless the
-pipeline arguments name another runner (`--runner DataflowRunner --project ...
---region ... --temp_location gs://...`, `--runner FlinkRunner`, `--runner
-SparkRunner`: every argument is passed to Beam's `PipelineOptions`).
+pipeline arguments name another runner (`--runner FlinkRunner`, `--runner
+SparkRunner`, `--runner DataflowRunner`: every argument is passed to Beam's
+`PipelineOptions`). The launcher lists and fingerprints the source and the
+model with local file APIs, so they must be on a file system that it and the
+workers share (NFS, a mounted bucket); object-store URLs (`gs://`) for them are
+not supported yet. `OUT` is written through Beam's `FileSystems`.
 
 - Listing: image files are listed by the launcher (`resolve_source`) into
   `OUT/.listing-<run>/chunk-*.txt` (10,000 `id<TAB>path` lines each), which the
@@ -291,11 +294,11 @@ def run_beam_pipeline(model, source, out, *, batch_size=64, pipeline_args=None, 
         model: a SavedModel folder or TF Serving model base path (export a `.keras`
             model first with `keras-cgd export`).
         source: as for `embed_images` (a folder, glob, `.txt` list or TFRecords).
-        out: output folder (local path, or any Beam file system such as `gs://`).
+        out: output folder (a path the workers can write).
         batch_size: largest inference batch (default 64).
-        pipeline_args: list of Beam pipeline arguments, e.g. `["--runner",
-            "DataflowRunner", "--project", "p", "--region", "europe-west1",
-            "--temp_location", "gs://b/tmp"]`; default: the DirectRunner.
+        pipeline_args: list of Beam pipeline arguments, e.g. `["--runner=FlinkRunner",
+            "--flink_master=flink:8081"]` or `["--direct_num_workers=8",
+            "--direct_running_mode=multi_processing"]`; default: the DirectRunner.
         report: callable taking one line, for skip reports (default: stderr).
 
     Returns:
@@ -304,8 +307,8 @@ def run_beam_pipeline(model, source, out, *, batch_size=64, pipeline_args=None, 
 
     Example:
     >>> run_beam_pipeline("savedmodels/cgd_tiny", "photos/", "embeddings-beam/")
-    >>> run_beam_pipeline("gs://b/savedmodels/cgd/3", "gs://b/photos/*.jpg", "gs://b/emb",
-    ...                   pipeline_args=["--runner", "DataflowRunner", "--project", "p"])
+    >>> run_beam_pipeline("/shared/savedmodels/cgd/3", "/shared/photos/", "/shared/emb",
+    ...                   pipeline_args=["--runner=FlinkRunner", "--flink_master=flink:8081"])
     """
     start_time = time.perf_counter()
     beam = import_beam()

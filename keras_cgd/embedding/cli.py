@@ -2,8 +2,8 @@
 
     keras-cgd embed runs/cgd_tiny photos/ embeddings/            # resumable, one machine
     keras-cgd embed savedmodels/cgd_tiny "photos/**/*.jpg" emb/ --beam   # Beam DirectRunner
-    keras-cgd embed gs://b/savedmodels/cgd/1 gs://b/photos/*.jpg gs://b/emb --beam \\
-        --runner DataflowRunner --project P --region R --temp_location gs://b/tmp
+    keras-cgd embed /shared/savedmodels/cgd /shared/records/ /shared/emb --beam \\
+        --runner=FlinkRunner --flink_master=flink:8081
 
 With `--beam`, every argument this command does not know is passed to Beam's
 `PipelineOptions` (`--runner`, `--direct_num_workers`, Dataflow/Flink/Spark

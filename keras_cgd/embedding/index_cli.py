@@ -34,6 +34,7 @@ def add_arguments(parser):
     parser.add_argument("--nprobe", type=int, default=None, help="FAISS IVF lists searched per query")
     parser.add_argument("--ef-search", type=int, default=None, help="FAISS HNSW search queue length")
     parser.add_argument("--k-factor", type=int, default=None, help="FAISS Refine candidates per result")
+    parser.add_argument("--ef-construction", type=int, default=None, help="FAISS HNSW build queue length")
     parser.add_argument("--train-size", type=int, default=None,
                         help="FAISS training-sample size (default: from the factory)")
     parser.add_argument("--uri", default=None,
@@ -67,7 +68,8 @@ def run(args, log=print):
     metadata = None if args.no_keys else "key"
     if args.backend == "faiss":
         index = indexes.FaissIndex(metric=args.metric, dimension=dimension, factory=args.factory,
-                                   nprobe=args.nprobe, ef_search=args.ef_search, k_factor=args.k_factor)
+                                   nprobe=args.nprobe, ef_search=args.ef_search, k_factor=args.k_factor,
+                                   ef_construction=args.ef_construction)
         estimate = index.estimate_memory(n)
         log(f"FAISS {args.factory!r} for {n} vectors of dimension {dimension}: about "
             f"{estimate / 2**20:.1f} MiB (without metadata)")

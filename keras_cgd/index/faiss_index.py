@@ -99,7 +99,10 @@ def estimate_faiss_memory(factory, n, dimension, metric="cosine"):
     matrices, the HNSW graph (see `_hnsw_graph_bytes`), refinement codes,
     IVF-PQ's precomputed table for the Euclidean metric (`nlist * m * 2^bits * 4`)
     and keras-cgd's own int64 ids (8 bytes a vector). Not counted: metadata,
-    and the temporary buffers of training and search.
+    the temporary buffers of training and search, and the spare capacity of
+    IVF inverted lists (`std::vector`s that grow geometrically while vectors
+    are added: up to 2x the codes; 1.38x measured for `IVF1024,Flat` filled in
+    shards of 100,000, `benchmarks/ann_index.py`).
 
     Args:
         factory: FAISS factory string (see the module docstring).
@@ -225,6 +228,8 @@ class FaissIndex(BaseIndex):
         ef_search: HNSW search queue length (HNSW factories; FAISS's default 16).
         k_factor: re-ranked candidates per result of a `Refine`/`RFlat` factory
             (FAISS's default 1).
+        ef_construction: HNSW build queue length (FAISS's default 40); larger
+            builds a better graph (higher recall at a given `ef_search`) more slowly.
 
     Example:
     >>> index = FaissIndex()
@@ -242,7 +247,7 @@ class FaissIndex(BaseIndex):
     """
 
     def __init__(self, metric="cosine", dimension=None, factory="Flat", nprobe=None, ef_search=None,
-                 k_factor=None):
+                 k_factor=None, ef_construction=None):
         self._faiss = _import_faiss()
         super().__init__(metric=metric, dimension=dimension)
         if not isinstance(factory, str) or not factory:
@@ -260,6 +265,7 @@ class FaissIndex(BaseIndex):
         self.nprobe = _check_search_knob(nprobe, "nprobe")
         self.ef_search = _check_search_knob(ef_search, "ef_search")
         self.k_factor = _check_search_knob(k_factor, "k_factor")
+        self.ef_construction = _check_search_knob(ef_construction, "ef_construction")
         self._index = None
         if self.dimension is not None:
             self._index = self._new_index(self.dimension)
@@ -267,7 +273,7 @@ class FaissIndex(BaseIndex):
     def get_config(self):
         config = super().get_config()
         config.update(factory=self.factory, nprobe=self.nprobe, ef_search=self.ef_search,
-                      k_factor=self.k_factor)
+                      k_factor=self.k_factor, ef_construction=self.ef_construction)
         return config
 
     def _new_index(self, dimension):
@@ -317,6 +323,16 @@ class FaissIndex(BaseIndex):
                     f"{_KNOBS[name][2]} factories only. Received: {name}={getattr(self, name)!r} "
                     f"with factory={self.factory!r}"
                 )
+        if self.ef_construction is not None:
+            if "ef_search" not in knobs:
+                raise ValueError(
+                    "Invalid value received for argument `ef_construction`. It applies to HNSW "
+                    f"factories only. Received: ef_construction={self.ef_construction!r} with "
+                    f"factory={self.factory!r}"
+                )
+            for p in self._parts(index):
+                if hasattr(p, "hnsw"):
+                    p.hnsw.efConstruction = self.ef_construction
         for p in self._parts(index):  # polysemous training: unused by this index and very slow
             if hasattr(p, "do_polysemous_training"):
                 p.do_polysemous_training = False

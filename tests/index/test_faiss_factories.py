@@ -56,8 +56,9 @@ def test_nprobe_and_ef_search_trade_speed_for_recall(data):
     assert r1 < r64 == 1.0
     assert recall(ivf.search(q, 10)[0], truth) == r1  # FAISS's default nprobe=1 again
     assert faiss.extract_index_ivf(ivf._index).nprobe == 1
-    hnsw = FaissIndex(dimension=32, factory="HNSW16", ef_search=200)
+    hnsw = FaissIndex(dimension=32, factory="HNSW16", ef_search=200, ef_construction=80)
     hnsw.add(x)
+    assert hnsw._index.hnsw.efConstruction == 80
     assert recall(hnsw.search(q, 10)[0], truth) >= 0.9
     assert recall(hnsw.search(q, 10, ef_search=10)[0], truth) <= recall(hnsw.search(q, 10)[0], truth)
     pq = FaissIndex(dimension=32, factory="IVF16,PQ8x6,Refine(SQ8)", nprobe=16, k_factor=8)
@@ -67,6 +68,8 @@ def test_nprobe_and_ef_search_trade_speed_for_recall(data):
     assert recall(pq.search(q, 10, k_factor=1)[0], truth) < recall(pq.search(q, 10)[0], truth)
     with pytest.raises(ValueError, match="`nprobe`. It applies to IVF factories only"):
         FaissIndex(dimension=32, factory="HNSW16", nprobe=4)
+    with pytest.raises(ValueError, match="`ef_construction`. It applies to HNSW"):
+        FaissIndex(dimension=32, factory="IVF16,Flat", ef_construction=80)
     with pytest.raises(ValueError, match="has no efSearch parameter"):
         ivf.search(q, 10, ef_search=8)
     with pytest.raises(ValueError, match="drop the IDMap part"):

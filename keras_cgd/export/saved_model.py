@@ -215,10 +215,15 @@ def export_saved_model(
             f"Received: model_dir={model_dir!r} of type {type(model_dir).__name__}"
         )
     model_dir = os.fspath(model_dir)
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    existing = os.path.abspath(model_dir)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)  # the nearest part of the path that exists
+    if not os.path.isdir(existing):
+        which = "which is a file" if existing == os.path.abspath(model_dir) else (
+            f"inside {existing!r}, which is a file")
         raise ValueError(
             "Invalid value received for argument `model_dir`. Expected a directory. "
-            f"Received: model_dir={model_dir!r}, which is a file"
+            f"Received: model_dir={model_dir!r}, {which}"
         )
     preprocessing = _preprocessing_of(model, image_size)
     if version is not None:

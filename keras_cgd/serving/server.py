@@ -853,6 +853,11 @@ def make_server(base_dir, host="127.0.0.1", port=8501, model_name=None, num_vers
     `Retry-After: 1`. A client has `request_timeout` seconds to send its
     request (line, headers and body), else 408 or the connection is closed.
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(
+            "Invalid value received for argument `port`. Expected an int in [0, 65535] "
+            f"(0 picks a free port). Received: port={port!r}"
+        )
     _check_positive("poll_interval", poll_interval, float)
     _check_positive("request_timeout", request_timeout, float)
     for name, value in (("max_request_bytes", max_request_bytes),

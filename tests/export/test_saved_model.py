@@ -124,8 +124,12 @@ def test_existing_version_is_refused(cgd):
 def test_model_dir_that_is_a_file_is_refused(cgd, tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    with pytest.raises(ValueError, match="model_dir"):
+    with pytest.raises(ValueError, match="model_dir.*which is a file"):
         export_saved_model(cgd[0], target)
+    # Issue 14 item 8: `export model.keras a_file/sub` gave a NotADirectoryError traceback.
+    with pytest.raises(ValueError, match=r"model_dir=.*file/sub.*inside .*file'?, which is a file"):
+        export_saved_model(cgd[0], target / "sub" / "deeper")
+    assert target.read_text() == "x"
 
 
 def test_invalid_max_image_pixels_is_refused(cgd, tmp_path):

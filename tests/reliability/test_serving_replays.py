@@ -302,3 +302,17 @@ def test_full_pool_answers_503_with_retry_after(exported):
     server.shutdown()
     server.server_close()
     thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("port", [-1, 99999, 2**16])
+def test_serve_port_out_of_range_is_a_clear_error(exported, port, capsys):
+    """Item 8 (serve): `--port -1` gave a traceback and `--port 99999` bound a random port."""
+    from keras_cgd.serving import server as server_lib
+
+    _, base = exported
+    with pytest.raises(ValueError, match=rf"argument `port`. Expected an int in \[0, 65535\].*"
+                                         rf"Received: port={port}"):
+        server_lib.make_server(str(base), port=port)
+    assert server_lib.main([str(base), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"Received: port={port}" in err, err

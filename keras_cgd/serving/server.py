@@ -924,49 +924,66 @@ def _parse_labels(items):
     return labels
 
 
-def main(argv=None):
-    """`keras-cgd serve BASE_DIR [--port 8501] ...` command-line entry point."""
+def _port(text):
+    """A TCP port for `--port`: an int in 1..65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 1..65535, received {text!r}")
+    return value
+
+
+def build_parser():
+    """The `argparse` parser of `keras-cgd serve`."""
     parser = argparse.ArgumentParser(
         prog="keras-cgd serve",
         description="Serve SavedModels under BASE_DIR/<model>/<version>/ with the "
-        "TensorFlow Serving REST API (reference server for local work and tests).",
+        "TensorFlow Serving REST API (reference server for local work and tests). Options are "
+        "kebab-case; TF Serving's snake_case spellings (--rest_api_num_threads) work too.",
     )
     parser.add_argument("base_dir", help="directory holding <model_name>/<version>/saved_model.pb")
-    parser.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
+    parser.add_argument("--port", type=_port, default=8501, help="REST port, 1-65535 (default 8501)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--model_name", default=None,
+    parser.add_argument("--model-name", "--model_name", default=None,
                         help="serve BASE_DIR itself as one model base path under this name")
-    parser.add_argument("--num_versions", type=int, default=1,
+    parser.add_argument("--num-versions", "--num_versions", type=int, default=1,
                         help="highest versions of each model kept loaded (default 1)")
-    parser.add_argument("--version_label", action="append", metavar="MODEL:LABEL=VERSION",
+    parser.add_argument("--version-label", "--version_label", action="append", metavar="MODEL:LABEL=VERSION",
                         help="version label, e.g. cgd:stable=1 (repeatable)")
-    parser.add_argument("--poll_interval", type=float, default=1.0,
+    parser.add_argument("--poll-interval", "--poll_interval", type=float, default=1.0,
                         help="seconds between directory polls (default 1)")
-    parser.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+    parser.add_argument("--max-request-bytes", "--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                         help="largest request body accepted (default 32 MiB)")
-    parser.add_argument("--max_instances", type=int, default=rest.DEFAULT_MAX_INSTANCES,
+    parser.add_argument("--max-instances", "--max_instances", type=int, default=rest.DEFAULT_MAX_INSTANCES,
                         help="instances per request (default %(default)s)")
-    parser.add_argument("--max_decoded_bytes", type=int, default=rest.DEFAULT_MAX_DECODED_BYTES,
+    parser.add_argument("--max-decoded-bytes", "--max_decoded_bytes", type=int, default=rest.DEFAULT_MAX_DECODED_BYTES,
                         help="string/image bytes per request after base64 decoding "
                         "(default 24 MiB)")
-    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+    parser.add_argument("--max-image-pixels", "--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="largest width x height an image header may declare "
                         "(default %(default)s)")
-    parser.add_argument("--max_request_pixels", type=int, default=DEFAULT_MAX_REQUEST_PIXELS,
+    parser.add_argument("--max-request-pixels", "--max_request_pixels", type=int, default=DEFAULT_MAX_REQUEST_PIXELS,
                         help="pixels per request, each image counting at least the model's "
                         "image size (default %(default)s)")
-    parser.add_argument("--max_batch_size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+    parser.add_argument("--max-batch-size", "--max_batch_size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
                         help="instances the model runs on at a time (default %(default)s)")
-    parser.add_argument("--rest_api_num_threads", type=int, default=DEFAULT_NUM_THREADS,
+    parser.add_argument("--rest-api-num-threads", "--rest_api_num_threads", type=int, default=DEFAULT_NUM_THREADS,
                         help="request threads (default %(default)s)")
-    parser.add_argument("--max_queued_connections", type=int, default=DEFAULT_QUEUE_SIZE,
+    parser.add_argument("--max-queued-connections", "--max_queued_connections", type=int, default=DEFAULT_QUEUE_SIZE,
                         help="connections waiting for a thread before 503 (default %(default)s)")
-    parser.add_argument("--rest_api_timeout_in_ms", type=int,
+    parser.add_argument("--rest-api-timeout-in-ms", "--rest_api_timeout_in_ms", type=int,
                         default=int(DEFAULT_REQUEST_TIMEOUT * 1000),
                         help="time a client has to send its request (default %(default)s)")
-    parser.add_argument("--log_requests", action="store_true", help="log every request")
-    args = parser.parse_args(argv)
+    parser.add_argument("--log-requests", "--log_requests", action="store_true", help="log every request")
+    return parser
+
+
+def main(argv=None):
+    """`keras-cgd serve BASE_DIR [--port 8501] ...` command-line entry point."""
+    args = build_parser().parse_args(argv)
     if "MALLOC_ARENA_MAX" not in os.environ:
         limit_malloc_arenas()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -211,13 +211,8 @@ class _QuietLoader(importlib.abc.Loader):
             os.close(devnull)
         import logging
 
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
-        try:
-            from absl import logging as absl_logging
-
-            absl_logging.set_verbosity(absl_logging.ERROR)
-        except ImportError:  # absl comes with TensorFlow; nothing to quiet without it
-            pass
+        for name in ("tensorflow", "absl"):  # TF's Python logger, and absl's (absl.logging logs to it)
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def positive_int(text):

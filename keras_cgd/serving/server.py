@@ -18,9 +18,10 @@ contract.
 One request cannot take the server down: its work is bounded before any
 decoding by `rest.RequestLimits` (instances, decoded bytes, image header
 pixels with a per-image minimum cost; the one request validator), the model
-runs on `max_batch_size` instances at a time, a fixed pool of request threads
-with a bounded queue answers 503 + `Retry-After` when full, and every client
-has `request_timeout` seconds to send its request. Client errors are TF
+runs on `max_batch_size` instances at a time (`max_concurrent_predictions` runs
+at once), a fixed pool of request threads with a bounded queue answers 503 +
+`Retry-After` when full, and every client has `request_timeout` seconds to send
+its request. Client errors are TF
 Serving's 4xx `{"error": ...}` in plain words (never TensorFlow graph text);
 5xx means a fault of the server itself.
 
@@ -58,8 +59,15 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 32
 """Instances the model runs on at a time; larger requests are split."""
 
-DEFAULT_NUM_THREADS = 16
+DEFAULT_NUM_THREADS = 32
 """Request threads (TF Serving: `--rest_api_num_threads`)."""
+
+DEFAULT_MAX_CONCURRENT_PREDICTIONS = max(2, os.cpu_count() or 2)
+"""Model runs at a time (one CPU core each); the other request threads read,
+validate and answer, so a request refused before decoding never waits for the model."""
+
+PREDICTION_WAIT_SECONDS = 60.0
+"""How long a request waits for a model slot before a 503 with `Retry-After`."""
 
 DEFAULT_QUEUE_SIZE = 64
 """Accepted connections waiting for a thread; beyond, 503 with `Retry-After`."""
@@ -345,14 +353,19 @@ class RestApp:
         max_batch_size: the model runs on at most this many instances at a
             time; larger requests are split and their outputs concatenated
             (TF Serving's `enable_large_batch_splitting`).
+        max_concurrent_predictions: model runs (chunks) at a time; a chunk
+            that waits `PREDICTION_WAIT_SECONDS` for a slot gets 503 with
+            `Retry-After`.
     """
 
     def __init__(self, repository, max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, limits=None,
-                 max_batch_size=DEFAULT_MAX_BATCH_SIZE):
+                 max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+                 max_concurrent_predictions=DEFAULT_MAX_CONCURRENT_PREDICTIONS):
         self.repository = repository
         self.max_request_bytes = max_request_bytes
         self.limits = limits if limits is not None else rest.RequestLimits()
         self.max_batch_size = max_batch_size
+        self._slots = threading.BoundedSemaphore(max_concurrent_predictions)
         self.large_request_seen = threading.Event()  # the server trims memory after these
 
     def __call__(self, environ, start_response):
@@ -534,6 +547,11 @@ class RestApp:
         import tensorflow as tf
 
         specs = loaded.inputs[signature]
+        if not self._slots.acquire(timeout=PREDICTION_WAIT_SECONDS):
+            raise rest.RestError(
+                503, f"Server busy: no model slot free within {PREDICTION_WAIT_SECONDS:g} s; "
+                "retry later.", headers={"Retry-After": "1"}
+            )
         try:
             tensors = {name: tf.constant(arr, dtype=specs[name][2]) for name, arr in arrays.items()}
             outputs = loaded.signatures[signature](**tensors)
@@ -551,6 +569,8 @@ class RestApp:
             ) from None
         except (TypeError, ValueError) as e:
             raise rest.bad_request(str(e)[:2000]) from None
+        finally:
+            self._slots.release()
 
     @staticmethod
     def _locate_bad_image(loaded, signature, arrays, offset):
@@ -834,7 +854,8 @@ def make_server(base_dir, host="127.0.0.1", port=8501, model_name=None, num_vers
                 max_batch_size=DEFAULT_MAX_BATCH_SIZE,
                 num_threads=DEFAULT_NUM_THREADS,
                 queue_size=DEFAULT_QUEUE_SIZE,
-                request_timeout=DEFAULT_REQUEST_TIMEOUT):
+                request_timeout=DEFAULT_REQUEST_TIMEOUT,
+                max_concurrent_predictions=DEFAULT_MAX_CONCURRENT_PREDICTIONS):
     """Load the models and bind the server. Returns `(server, poller)`.
 
     `server.serve_forever()` answers requests; `poller.start()` picks up new
@@ -848,9 +869,11 @@ def make_server(base_dir, host="127.0.0.1", port=8501, model_name=None, num_vers
     `max_request_pixels` in all (an image costs its header's width × height,
     at least the model's `image_size`; a model's own, lower caps in its
     `keras_cgd.json` win). The model then runs on `max_batch_size` instances
-    at a time. `num_threads` threads answer requests; up to `queue_size`
-    connections wait for one, beyond which a connection gets 503 with
-    `Retry-After: 1`. A client has `request_timeout` seconds to send its
+    at a time, at most `max_concurrent_predictions` runs at once. `num_threads`
+    threads answer requests (more than the model runs, so that a request
+    refused before decoding is answered while others wait for the model); up
+    to `queue_size` connections wait for one, beyond which a connection gets
+    503 with `Retry-After: 1`. A client has `request_timeout` seconds to send its
     request (line, headers and body), else 408 or the connection is closed.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -862,7 +885,8 @@ def make_server(base_dir, host="127.0.0.1", port=8501, model_name=None, num_vers
     _check_positive("request_timeout", request_timeout, float)
     for name, value in (("max_request_bytes", max_request_bytes),
                         ("max_batch_size", max_batch_size), ("num_threads", num_threads),
-                        ("queue_size", queue_size)):
+                        ("queue_size", queue_size),
+                        ("max_concurrent_predictions", max_concurrent_predictions)):
         _check_positive(name, value)
     limits = rest.RequestLimits(
         max_instances=max_instances, max_decoded_bytes=max_decoded_bytes,
@@ -871,7 +895,8 @@ def make_server(base_dir, host="127.0.0.1", port=8501, model_name=None, num_vers
     repository = ModelRepository(base_dir, model_name, num_versions, version_labels)
     repository.poll()
     app = RestApp(repository, max_request_bytes=max_request_bytes, limits=limits,
-                  max_batch_size=max_batch_size)
+                  max_batch_size=max_batch_size,
+                  max_concurrent_predictions=max_concurrent_predictions)
     server = _server_class()(host, port, app, num_threads, queue_size, float(request_timeout))
     return server, _Poller(repository, poll_interval)
 
@@ -886,8 +911,8 @@ def serve(base_dir, host="127.0.0.1", port=8501, **kwargs):
         **kwargs: `model_name`, `num_versions`, `version_labels`,
             `poll_interval`, `max_request_bytes`, `max_instances`,
             `max_decoded_bytes`, `max_image_pixels`, `max_request_pixels`,
-            `max_batch_size`, `num_threads`, `queue_size`, `request_timeout`
-            (see `make_server`).
+            `max_batch_size`, `num_threads`, `queue_size`, `request_timeout`,
+            `max_concurrent_predictions` (see `make_server`).
 
     Example:
 
@@ -972,6 +997,9 @@ def build_parser():
                         help="instances the model runs on at a time (default %(default)s)")
     parser.add_argument("--rest-api-num-threads", "--rest_api_num_threads", type=int, default=DEFAULT_NUM_THREADS,
                         help="request threads (default %(default)s)")
+    parser.add_argument("--max-concurrent-predictions", "--max_concurrent_predictions", type=int,
+                        default=DEFAULT_MAX_CONCURRENT_PREDICTIONS,
+                        help="model runs at a time (default: the CPU count, at least 2)")
     parser.add_argument("--max-queued-connections", "--max_queued_connections", type=int, default=DEFAULT_QUEUE_SIZE,
                         help="connections waiting for a thread before 503 (default %(default)s)")
     parser.add_argument("--rest-api-timeout-in-ms", "--rest_api_timeout_in_ms", type=int,
@@ -1004,6 +1032,7 @@ def main(argv=None):
             max_request_pixels=args.max_request_pixels,
             max_batch_size=args.max_batch_size,
             num_threads=args.rest_api_num_threads,
+            max_concurrent_predictions=args.max_concurrent_predictions,
             queue_size=args.max_queued_connections,
             request_timeout=args.rest_api_timeout_in_ms / 1000.0,
         )

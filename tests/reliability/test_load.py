@@ -30,7 +30,7 @@ def _b64(data):
     return {"b64": base64.b64encode(data).decode("ascii")}
 
 
-def _raw(port, data, timeout=10.0):
+def _raw(port, data, timeout=60.0):
     """Send raw bytes and read until the server closes; returns the status (None: closed)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
@@ -53,7 +53,7 @@ def attacks(port, url):
     webp = encode(np.zeros((16, 16, 3), np.uint8), "WEBP")
 
     def post(body):
-        return lambda: requests.post(url + PREDICT, data=body, timeout=30).status_code
+        return lambda: requests.post(url + PREDICT, data=body, timeout=120).status_code
 
     head = b"POST /v1/models/cgd:predict HTTP/1.1\r\nHost: x\r\n"
     return [
@@ -63,7 +63,7 @@ def attacks(port, url):
         ("not base64", post(json.dumps({"instances": [{"b64": "@@@"}]}))),
         ("20000 tiny PNGs again", post(flood)),
         ("5000-digit version", lambda: requests.get(
-            url + "/v1/models/cgd/versions/" + "9" * 5000, timeout=30).status_code),
+            url + "/v1/models/cgd/versions/" + "9" * 5000, timeout=120).status_code),
         ("bad chunk header", lambda: _raw(port, head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")),
         ("short body", lambda: _raw(port, head + b"Content-Length: 900\r\n\r\n{\"inst")),
         ("garbage request line", lambda: _raw(port, b"\x16\x03\x01\x02\x00\x01\x00\r\n\r\n")),
@@ -87,7 +87,7 @@ def test_sixteen_clients_unharmed_by_an_attacker(server):
         start.wait(timeout=60)
         for k in range(REQUESTS_PER_CLIENT):
             try:
-                r = session.post(server.url + PREDICT, data=payloads[(i + k) % 4], timeout=60)
+                r = session.post(server.url + PREDICT, data=payloads[(i + k) % 4], timeout=120)
                 ok = r.status_code == 200 and len(r.json()["predictions"]) == 4
                 problem = None if ok else f"{r.status_code} {r.text[:200]}"
             except requests.RequestException as e:

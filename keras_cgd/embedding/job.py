@@ -5,7 +5,8 @@ a `tf.data` pipeline (parallel read + decode + resize, prefetched while the mode
 runs) into the model in batches, and writes the embeddings with their ids in
 Parquet shards (`keras_cgd.embedding.shards`): shard `s` holds the items with
 ids in `[s * shard_size, (s + 1) * shard_size)`. Memory is one shard of
-embeddings plus the pipeline's prefetch buffers, whatever the number of images.
+embeddings plus `PREFETCH_BATCHES` decoded batches and the images being
+decoded, whatever the number of images.
 
 - **Unreadable images** (not an image, truncated, missing file, a TFRecord
   example without an image) are skipped, printed to stderr as they happen
@@ -39,6 +40,7 @@ WRITER = "keras-cgd embed"
 SHARD_PATTERN = "part-*.parquet"
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_SHARD_SIZE = 10_000
+PREFETCH_BATCHES = 2  # decoded batches ready ahead of the model (a fixed bound, not autotuned)
 
 
 def shard_name(index):
@@ -102,10 +104,10 @@ def prepare_output(out, wanted):
 
 
 def _remove_own_temporaries(out):
+    """Deletes the temporary files a killed run of this job left (`.tmp-part-*`, ...)."""
+    own = (SHARD_PATTERN, shard_io.MANIFEST, shard_io.SKIPPED)
     for name in os.listdir(out):
-        if name.startswith(shard_io._TMP_PREFIX) and fnmatch.fnmatch(
-            name[len(shard_io._TMP_PREFIX):], "*-*"
-        ):
+        if any(fnmatch.fnmatch(name, f"{shard_io._TMP_PREFIX}{pattern}-*") for pattern in own):
             os.remove(os.path.join(out, name))
 
 
@@ -149,7 +151,7 @@ def _file_pipeline(source, todo_ids, image_size, batch_size):
     ids = np.asarray(todo_ids, np.int64)
     ds = tf.data.Dataset.from_tensor_slices((ids, np.asarray([paths[i] for i in ids], dtype=object).astype(str)))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(PREFETCH_BATCHES)
     return expected(), ((b[0], b[1], None) for b in ds.as_numpy_iterator())
 
 
@@ -194,7 +196,7 @@ def _tfrecord_pipeline(source, skip, done_shards, shard_size, image_size, batch_
             yield int(gid), f"{source.files[int(fi)]}:{int(ri)}", rec
 
     heavy = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    heavy = heavy.ignore_errors(log_warning=False).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    heavy = heavy.ignore_errors(log_warning=False).batch(batch_size).prefetch(PREFETCH_BATCHES)
     batches = ((ids, pixels, [k.decode("utf-8", "replace") for k in keys])
                for ids, pixels, keys in heavy.as_numpy_iterator())
     return expected(), batches
@@ -348,7 +350,6 @@ def embed_images(model, source, out, *, batch_size=DEFAULT_BATCH_SIZE, shard_siz
         writer.flush()
         if progbar is not None and target is None:
             progbar.update(seen, finalize=True)
-        done.update({s: None for s in writer.written})
         metas = _finished_shards(out, runner.fingerprint)
         if source.kind == "tfrecord":
             total = max([m["stop_id"] for m in metas.values()], default=0)

@@ -13,6 +13,15 @@ from keras_cgd.index import load_index  # noqa: E402
 from tests.index.test_index import brute_search  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_faiss_thread():
+    """Tiny indexes: OpenMP threads only add synchronisation (slow on a loaded machine)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
 def clustered(n, dim, clusters, seed=0, spread=0.3):
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(clusters, dim))

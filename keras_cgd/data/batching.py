@@ -187,16 +187,22 @@ def _read_region(paths, images, boxes, i, windows_fn, seed):
     return pixels, wins
 
 
+def _flips(seed, copies):
+    """Left-right flips of the `copies` crops of a group, bool `(copies,)` (p = 1/2)."""
+    s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 3))[0]
+    return tf.random.stateless_uniform([copies], s_flip) < 0.5
+
+
 def _augment_copies(pixels, wins, seed, augmentation, size, copies, antialias):
     """The `copies` augmented crops of one decoded region, uint8 `(copies, H, W, 3)`.
 
-    "multigrain": each window resized to `size`, flipped with probability 1/2 (colour
-    comes later, per batch); "cgd": the region resized once to round(S * 252 / 224),
+    "multigrain": each window resized to `size` (its flip, drawn here, and its colour are
+    applied later, per batch); "cgd": the region resized once to round(S * 252 / 224),
     then a random `size` crop and a flip per copy; "flip"/"none": resized once, flipped
     per copy / not; a callable is called once per copy with its own seed.
     """
-    s_flip, s_crop, s_call = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-    flips = tf.random.stateless_uniform([copies], s_flip) < 0.5
+    _, s_crop, s_call = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    flips = _flips(seed, copies)
     if callable(augmentation):
         seeds = tf.unstack(tf.random.experimental.stateless_split(s_call, copies))
         outs = []
@@ -219,7 +225,7 @@ def _augment_copies(pixels, wins, seed, augmentation, size, copies, antialias):
         outs = [full[oy[j] : oy[j] + size[0], ox[j] : ox[j] + size[1], :] for j in range(copies)]
     else:
         outs = [aug._round_to_uint8(aug.resize_bilinear(pixels, size, antialias))] * copies
-    if augmentation != "none":
+    if augmentation not in ("none", "multigrain"):
         outs = [
             tf.cond(flips[j], lambda o=o: tf.reverse(o, axis=[1]), lambda o=o: o) for j, o in enumerate(outs)
         ]
@@ -310,14 +316,14 @@ def _pipeline(data, plan_fn, steps, batch_size, size, augmentation, seed, rankin
         rank = cls if ranking == "class" else i
         out = (crops, tf.fill([count], rank), tf.fill([count], cls))
         if colour:
-            out += (aug.multigrain_color_params(s_col, copies)[:count],)
+            out += (aug.multigrain_color_params(s_col, copies)[:count], _flips(s_aug, copies)[:count])
         return out
 
     ds = groups.map(group, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
     ds = ds.batch(batch_size, drop_remainder=True)
     if colour:
         ds = ds.map(
-            lambda x, r, c, p: (aug.folded_color_transform_uint8(x, p), r, c),
+            lambda x, r, c, p, f: (aug.folded_color_transform_uint8(x, p, flips=f), r, c),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )

@@ -1,20 +1,39 @@
-"""Throughput of the repeated-augmentation input pipeline on real JPEGs (images/s).
+"""Throughput of keras-cgd's input pipelines on real JPEGs (images/s) against PyTorch's.
 
-keras-cgd (`repeated_augmentation_batches`, tf.data, MultiGrain "full" augmentation at
-224×224) against the way PyTorch users write it: a `Dataset` that decodes with PIL and
-applies the same transforms written by hand (torchvision is not used), a RASampler-style
-index list (each index 3 times in a row) and `torch.utils.data.DataLoader` with the same
-number of workers as CPU cores. Both read the same files in the same run.
+Three pipelines, each against the way PyTorch users write it (torchvision transforms on
+PIL images, `torch.utils.data.DataLoader` with as many workers as CPU cores, a sampler
+giving the same kind of index order), reading the same files in the same run:
+
+- `ra`: `repeated_augmentation_batches` (batch 48, repeats 3, MultiGrain "full":
+  RandomResizedCrop 224, flip, ColorJitter 0.3, PCA lighting 0.1) vs MultiGrain's
+  transform (`RandomResizedCrop`, `RandomHorizontalFlip`, `ColorJitter(0.3, 0.3, 0.3)`,
+  `ToTensor`, `Lighting(0.1)` written as in MultiGrain, clamp) with a RASampler order;
+- `pk`: `class_balanced_batches` (12 classes × 4 images, CGD augmentation: resize 252,
+  random crop 224, flip) vs leftthomas/CGD's transform (`Resize((252, 252))`,
+  `RandomCrop(224)`, `RandomHorizontalFlip`, `ToTensor`) with the same P×K index plan;
+- `inference`: `inference_batches(image_size=224)` vs `Resize((224, 224))`, `ToTensor`.
+
+The baselines stop before `Normalize` (keras-cgd models normalise uint8 images inside).
+`ra_windowed_decodes` is a variant of `ra` built in this script for comparison: one
+`decode_and_crop_jpeg` of its own window per copy instead of one decode per image for
+its m copies (the library's way).
 
 The JPEGs are random ~400×350 crops (quality 90) of the photos that scikit-image,
 scikit-learn and matplotlib ship, written to a temporary folder.
 
 Usage:
-    python benchmarks/input_pipeline.py [--images 240] [--batches 20] [--batch-size 48]
+    python benchmarks/input_pipeline.py [--rounds 3] [--batches 20] [--kinds ra,pk,inference]
 
-Each pipeline runs `--rounds` times, alternating, and the best rate of each is reported
-(the per-round rates are in the JSON too). Prints one JSON line and writes it to benchmarks/results/input_pipeline.json. Without
-torch installed the baseline is skipped with a message (its fields are null).
+Each pipeline runs `--rounds` times, alternating with its baseline so that load from
+other processes hits both; the best rate of each is reported with every round's rate
+and the load average before and after. Each run also records the CPU time (user +
+system, of tf.data's process; of the PyTorch process and its DataLoader workers) per
+image over the timed batches, a figure that other processes' load disturbs less than
+the rates (`cpu_speedup` = PyTorch CPU ms / keras-cgd CPU ms, best runs). The PyTorch
+baselines run in their own processes (forked DataLoader workers and TensorFlow's
+threads do not mix). Prints one JSON line and writes it to
+benchmarks/results/input_pipeline.json. Without torch and torchvision installed the
+baselines are skipped with a message (their fields are null).
 """
 
 import argparse
@@ -22,7 +41,6 @@ import json
 import math
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -30,6 +48,8 @@ import time
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+KINDS = ("ra", "ra_windowed_decodes", "pk", "inference")
 
 
 def make_jpegs(folder, count, seed=0):
@@ -60,74 +80,127 @@ def make_jpegs(folder, count, seed=0):
     return paths, labels
 
 
-def bench_keras_cgd(paths, labels, batch_size, repeats, size, batches, warmup):
-    import tensorflow as tf
+def _cpu_seconds(pids=()):
+    """CPU time (user + system) of this process and of the given worker processes."""
+    import resource
 
-    from keras_cgd.data import ImageDataset, repeated_augmentation_batches
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
-    data = ImageDataset(labels, [str(i) for i in range(max(labels) + 1)], paths=paths, root="bench")
-    ds = repeated_augmentation_batches(
-        data, batch_size, repeats, image_size=size, augmentation="multigrain",
-        steps_per_epoch=batches + warmup, seed=0,
-    )
-    it = iter(ds)
+
+def _time(iterator, batches, warmup, workers=lambda: ()):
+    """`(images/s, CPU ms per image)` over `batches` batches after `warmup` ones."""
     for _ in range(warmup):
-        next(it)
+        next(iterator)
+    pids = workers()
+    cpu = _cpu_seconds(pids)
     start = time.perf_counter()
     n = 0
     for _ in range(batches):
-        x, _ = next(it)
+        x = next(iterator)[0]
         n += int(x.shape[0])
-    return n / (time.perf_counter() - start), tf.__version__
+    elapsed = time.perf_counter() - start
+    return n / elapsed, (_cpu_seconds(pids) - cpu) / n * 1e3
 
 
-# ----------------------------------------------------------------- PyTorch/PIL baseline
-
-EIGVAL = [0.2175, 0.0188, 0.0045]
-EIGVEC = [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
+# ------------------------------------------------------------------------ keras-cgd
 
 
-def _rrc_params(w, h, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    area = w * h
-    for _ in range(10):
-        target = area * random.uniform(*scale)
-        r = math.exp(random.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        cw, ch = int(round(math.sqrt(target * r))), int(round(math.sqrt(target / r)))
-        if 0 < cw <= w and 0 < ch <= h:
-            return random.randint(0, w - cw), random.randint(0, h - ch), cw, ch
-    in_ratio = w / h
-    if in_ratio < ratio[0]:
-        cw, ch = w, int(round(w / ratio[0]))
-    elif in_ratio > ratio[1]:
-        cw, ch = int(round(h * ratio[1])), h
+def _windowed_decodes_pipeline(paths, batch_size, repeats, size, steps, seed=0):
+    """RA with one `decode_and_crop_jpeg` per copy (the alternative to decoding once)."""
+    import tensorflow as tf
+
+    from keras_cgd.data import augment as aug
+
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([np.repeat(rng.permutation(len(paths)), repeats) for _ in range(
+        -(-steps * batch_size // (repeats * len(paths))))])[: steps * batch_size]
+    files = tf.constant(paths)
+
+    def element(i, counter):
+        s_win, s_flip, s_col = tf.unstack(tf.random.experimental.stateless_split(tf.stack([
+            tf.constant(seed, tf.int64), counter]), 3))
+        contents = tf.io.read_file(files[i])
+        shape = tf.io.extract_jpeg_shape(contents)
+        win = aug.random_resized_crop_windows(s_win, 1, shape[0], shape[1])[0]
+        crop = tf.io.decode_and_crop_jpeg(contents, win, channels=3)
+        out = aug._round_to_uint8(aug.resize_bilinear(crop, (size, size)))
+        out = tf.cond(tf.random.stateless_uniform([], s_flip) < 0.5, lambda: tf.reverse(out, [1]), lambda: out)
+        return out, aug.multigrain_color_params(s_col, 1)[0]
+
+    ds = tf.data.Dataset.from_tensor_slices((order.astype("int32"), np.arange(len(order), dtype="int64")))
+    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.map(lambda x, p: (aug.folded_color_transform_uint8(x, p), 0), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def ours(kind, paths, labels, args):
+    from keras_cgd import data as kdata
+
+    steps = args.batches + args.warmup
+    data = kdata.ImageDataset(labels, [str(i) for i in range(max(labels) + 1)], paths=paths, root="bench")
+    size = args.image_size
+    if kind == "ra":
+        ds = kdata.repeated_augmentation_batches(data, args.batch_size, args.repeats, image_size=size,
+                                                 augmentation="multigrain", steps_per_epoch=steps, seed=0)
+    elif kind == "ra_windowed_decodes":
+        ds = _windowed_decodes_pipeline(paths, args.batch_size, args.repeats, size, steps)
+    elif kind == "pk":
+        ds = kdata.class_balanced_batches(data, args.batch_size // 4, 4, image_size=size, augmentation="cgd",
+                                          steps_per_epoch=steps, seed=0)
     else:
-        cw, ch = w, h
-    return (w - cw) // 2, (h - ch) // 2, cw, ch
+        reps = -(-steps * args.batch_size // len(paths))
+        many = kdata.ImageDataset(np.tile(labels, reps), data.class_names, paths=np.tile(paths, reps), root="bench")
+        ds = kdata.inference_batches(many, args.batch_size, image_size=size)
+    return _time(iter(ds), args.batches, args.warmup)
 
 
-def pil_full_transform(img, size):
-    """MultiGrain "full" by hand with PIL + torch: RRC, flip, ColorJitter 0.3, Lighting 0.1."""
-    import torch
-    from PIL import Image, ImageEnhance
+# ------------------------------------------------------------------ PyTorch baseline
 
-    x, y, cw, ch = _rrc_params(*img.size)
-    img = img.crop((x, y, x + cw, y + ch)).resize((size, size), Image.BILINEAR)
-    if random.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
-    random.shuffle(ops)
-    for op in ops:
-        img = op(img).enhance(random.uniform(0.7, 1.3))
-    t = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 255.0
-    alpha = torch.randn(3) * 0.1
-    rgb = torch.tensor(EIGVEC) @ (alpha * torch.tensor(EIGVAL))
-    t = ((t + rgb.view(3, 1, 1)) / 1.1).clamp(0, 1)
-    return t * 255.0
+IMAGENET_EIGVAL = [0.2175, 0.0188, 0.0045]
+IMAGENET_EIGVEC = [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
 
 
-class _PILDataset:
-    def __init__(self, paths, labels, size):
-        self.paths, self.labels, self.size = paths, labels, size
+class Lighting:
+    """MultiGrain's AlexNet PCA lighting on a [0, 1] tensor: (x + V(alpha * lambda)) / (1 + std)."""
+
+    def __init__(self, std=0.1):
+        import torch
+
+        self.std = std
+        self.eigval = torch.tensor(IMAGENET_EIGVAL)
+        self.eigvec = torch.tensor(IMAGENET_EIGVEC)
+
+    def __call__(self, t):
+        import torch
+
+        alpha = torch.randn(3) * self.std
+        rgb = self.eigvec @ (alpha * self.eigval)
+        return ((t + rgb.view(3, 1, 1)) / (1.0 + self.std)).clamp(0.0, 1.0)
+
+
+def torch_transform(kind, size):
+    from torchvision import transforms as T
+
+    if kind in ("ra", "ra_windowed_decodes"):  # MultiGrain "full"
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3),
+                          T.ToTensor(), Lighting(0.1)])
+    if kind == "pk":  # leftthomas/CGD train
+        resize = int(round(size * 252 / 224))
+        return T.Compose([T.Resize((resize, resize)), T.RandomCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
+    return T.Compose([T.Resize((size, size)), T.ToTensor()])  # CGD test
+
+
+class _FileDataset:
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
 
     def __len__(self):
         return len(self.paths)
@@ -137,33 +210,58 @@ class _PILDataset:
 
         with Image.open(self.paths[i]) as im:
             img = im.convert("RGB")
-        return pil_full_transform(img, self.size), self.labels[i], i
+        return self.transform(img), self.labels[i], i
 
 
-def bench_torch(paths, labels, batch_size, repeats, size, batches, warmup, workers):
+def torch_order(kind, labels, args):
+    """The index order the sampler yields: RASampler's, the same P×K plan, or sequential."""
+    from keras_cgd.data.batching import class_balanced_plan
+
+    total = (args.batches + args.warmup) * args.batch_size
+    rng = np.random.default_rng(0)
+    if kind in ("ra", "ra_windowed_decodes"):
+        order = []
+        while len(order) < total:
+            order.extend(np.repeat(rng.permutation(len(labels)), args.repeats).tolist())
+        return order[:total]
+    if kind == "pk":
+        return class_balanced_plan(labels, args.batch_size // 4, 4, args.batches + args.warmup, rng).tolist()
+    return [i % len(labels) for i in range(total)]
+
+
+def baseline(kind, paths, labels, order, args):
+    """The PyTorch pipeline, measured in this process (see `baseline_in_subprocess`)."""
     import torch
-    from torch.utils.data import DataLoader, Dataset
-
-    class DS(_PILDataset, Dataset):
-        pass
+    from torch.utils.data import DataLoader
 
     torch.set_num_threads(1)
-    total = (batches + warmup) * batch_size
-    order = []
-    rng = np.random.default_rng(0)
-    while len(order) < total:
-        order.extend(np.repeat(rng.permutation(len(paths)), repeats).tolist())  # RASampler
-    loader = DataLoader(DS(paths, labels, size), batch_size=batch_size, sampler=order[:total],
-                        num_workers=workers, drop_last=True, persistent_workers=False)
+    loader = DataLoader(_FileDataset(paths, labels, torch_transform(kind, args.image_size)),
+                        batch_size=args.batch_size, sampler=order,
+                        num_workers=args.workers, drop_last=True)
     it = iter(loader)
-    for _ in range(warmup):
-        next(it)
-    start = time.perf_counter()
-    n = 0
-    for _ in range(batches):
-        x, _, _ = next(it)
-        n += int(x.shape[0])
-    return n / (time.perf_counter() - start), torch.__version__
+    return _time(it, args.batches, args.warmup, lambda: [w.pid for w in getattr(it, "_workers", [])])
+
+
+def baseline_in_subprocess(kind, folder, labels, args):
+    """Runs `baseline` in a fresh Python process, as a PyTorch user's script would.
+
+    DataLoader workers are forked; forking this process after TensorFlow started its
+    threads is unsafe (it can crash), so the baseline never shares a process with tf.data.
+    """
+    import subprocess
+
+    with open(os.path.join(folder, f"order_{kind}.json"), "w") as f:
+        json.dump([int(i) for i in torch_order(kind, labels, args)], f)
+    cmd = [sys.executable, os.path.abspath(__file__), "--baseline-only", kind, "--folder", folder,
+           "--images", str(args.images), "--batches", str(args.batches), "--warmup", str(args.warmup),
+           "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
+           "--image-size", str(args.image_size), "--workers", str(args.workers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"The PyTorch baseline for {kind!r} failed:\n{proc.stderr[-2000:]}")
+    out = json.loads(lines[-1])
+    return out["images_per_s"], out["cpu_ms_per_image"]
 
 
 def main():
@@ -176,32 +274,55 @@ def main():
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is kept")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
+    parser.add_argument("--baseline-only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.baseline_only:
+        paths = [os.path.join(args.folder, f"{i:05d}.jpg") for i in range(args.images)]
+        with open(os.path.join(args.folder, "labels.json")) as f:
+            labels = json.load(f)
+        with open(os.path.join(args.folder, f"order_{args.baseline_only}.json")) as f:
+            order = json.load(f)
+        rate, cpu = baseline(args.baseline_only, paths, labels, order, args)
+        print(json.dumps({"images_per_s": rate, "cpu_ms_per_image": cpu}))
+        return
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        parser.error(f"Invalid value received for argument `--kinds`. Expected names from {KINDS}. "
+                     f"Received: {unknown}")
+    try:
+        import torch
+        import torchvision
 
+        versions = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    except ImportError:
+        versions = None
+        print("torch/torchvision are not installed: skipping the PyTorch DataLoader baselines "
+              "(pip install torch torchvision to run them).", file=sys.stderr)
+    import tensorflow as tf
+
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    runs = {k: {"keras_cgd": [], "torch": [], "keras_cgd_cpu": [], "torch_cpu": []} for k in kinds}
     with tempfile.TemporaryDirectory() as folder:
         paths, labels = make_jpegs(folder, args.images)
-        common = (paths, labels, args.batch_size, args.repeats, args.image_size, args.batches, args.warmup)
-        try:
-            import torch  # noqa: F401
-
-            has_torch = True
-        except ImportError:
-            has_torch = False
-            print("torch is not installed: skipping the PyTorch DataLoader baseline "
-                  "(pip install torch to run it).", file=sys.stderr)
-        ours_runs, base_runs, torch_version = [], [], None
-        for _ in range(args.rounds):  # alternate, so that load from other processes hits both
-            rate, tf_version = bench_keras_cgd(*common)
-            ours_runs.append(rate)
-            if has_torch:
-                rate, torch_version = bench_torch(*common, args.workers)
-                base_runs.append(rate)
-        ours = max(ours_runs)
-        base = max(base_runs) if base_runs else None
+        with open(os.path.join(folder, "labels.json"), "w") as f:
+            json.dump([int(v) for v in labels], f)
+        labels = np.asarray(labels, "int32")
+        for _ in range(args.rounds):
+            for kind in kinds:
+                rate, cpu = ours(kind, paths, labels, args)
+                runs[kind]["keras_cgd"].append(round(rate, 1))
+                runs[kind]["keras_cgd_cpu"].append(round(cpu, 2))
+                if versions and kind != "ra_windowed_decodes":
+                    rate, cpu = baseline_in_subprocess(kind, folder, labels, args)
+                    runs[kind]["torch"].append(round(rate, 1))
+                    runs[kind]["torch_cpu"].append(round(cpu, 2))
+    load_after = [round(v, 2) for v in os.getloadavg()]
 
     result = {
         "benchmark": "input_pipeline",
-        "pipeline": "repeated_augmentation_batches, MultiGrain full augmentation",
         "images_on_disk": args.images,
         "jpeg": "~400x350, quality 90",
         "image_size": args.image_size,
@@ -211,21 +332,38 @@ def main():
         "workers": args.workers,
         "cpu_count": os.cpu_count(),
         "rounds": args.rounds,
-        "keras_cgd_tf_data_images_per_s": round(ours, 1),
-        "keras_cgd_runs": [round(r, 1) for r in ours_runs],
-        "torch_runs": [round(r, 1) for r in base_runs],
-        "torch_pil_dataloader_images_per_s": None if base is None else round(base, 1),
-        "speedup": None if base is None else round(ours / base, 2),
-        "tensorflow": tf_version,
-        "torch": torch_version,
-        "python": platform.python_version(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
     }
+    base = runs.get("ra", {"torch": [], "torch_cpu": []})
+    for kind in kinds:
+        r = runs[kind] if kind != "ra_windowed_decodes" else {**runs[kind], "torch": base["torch"],
+                                                               "torch_cpu": base["torch_cpu"]}
+        mine, mine_cpu = max(r["keras_cgd"]), min(r["keras_cgd_cpu"])
+        theirs = max(r["torch"]) if r["torch"] else None
+        theirs_cpu = min(r["torch_cpu"]) if r["torch_cpu"] else None
+        result[kind] = {
+            "keras_cgd_images_per_s": mine,
+            "keras_cgd_runs": r["keras_cgd"],
+            "torch_dataloader_images_per_s": theirs,
+            "torch_runs": r["torch"],
+            "speedup": None if not theirs else round(mine / theirs, 2),
+            "keras_cgd_cpu_ms_per_image": mine_cpu,
+            "keras_cgd_cpu_runs": r["keras_cgd_cpu"],
+            "torch_cpu_ms_per_image": theirs_cpu,
+            "torch_cpu_runs": r["torch_cpu"],
+            "cpu_speedup": None if not theirs_cpu else round(theirs_cpu / mine_cpu, 2),
+        }
+    result.update({"tensorflow": tf.__version__, **(versions or {"torch": None}),
+                   "python": platform.python_version()})
     line = json.dumps(result)
     print(line)
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "input_pipeline.json"), "w") as f:
+    tmp = os.path.join(out_dir, ".input_pipeline.json.tmp")
+    with open(tmp, "w") as f:
         f.write(line + "\n")
+    os.replace(tmp, os.path.join(out_dir, "input_pipeline.json"))
 
 
 if __name__ == "__main__":

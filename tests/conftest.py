@@ -1,6 +1,15 @@
-import os
+"""Test-wide settings: quiet TensorFlow, float32 and a fixed seed per test, shared trained models.
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+Known upstream warnings are filtered once, in `pyproject.toml` (`[tool.pytest.ini_options]
+filterwarnings`); end-to-end tests are marked `slow` (deselected by default, see the
+README's test section).
+"""
+
+import types
+
+from keras_cgd.cli._common import silence_tensorflow_logs
+
+silence_tensorflow_logs()  # TF_CPP_MIN_LOG_LEVEL=3 unless set, and a quiet first `import tensorflow`
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -19,3 +28,43 @@ def _reset_state():
 
 def pytest_report_header(config):
     return f"keras backend: {keras.backend.backend()}"
+
+
+@pytest.fixture(scope="session")
+def default_job_run(tmp_path_factory):
+    """The default job's test-sized twin, trained once per test process and shared.
+
+    `keras-cgd train --small --epochs 1` in process, into `<root>/run` (run directory)
+    and `<root>/savedmodels` (so `savedmodels/cgd_tiny/1`). Tests must not modify
+    `run/`; they may add SavedModel versions.
+
+    Returns:
+        namespace with `root`, `run_dir`, `export_dir`, `code` (exit code), `out` (stdout).
+    """
+    import io
+    from contextlib import redirect_stdout
+
+    from keras_cgd import cli
+
+    root = tmp_path_factory.mktemp("default_job")
+    argv = ["train", "--small", "--epochs", "1", "--run-dir", str(root / "run"),
+            "--export-dir", str(root / "savedmodels")]
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        code = cli.main(argv)
+    return types.SimpleNamespace(root=root, run_dir=str(root / "run"), export_dir=str(root / "savedmodels"),
+                                 code=code, out=buf.getvalue())
+
+
+# End-to-end tests of files owned elsewhere, marked slow here (the others carry @pytest.mark.slow).
+SLOW_TESTS = (
+    "tests/models/test_training.py::test_cgd_training_raises_recall_on_unseen_classes",
+    "tests/test_cli.py::test_resume_after_sigkill",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

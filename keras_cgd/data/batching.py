@@ -4,17 +4,26 @@ TensorFlow-only module (`tf.data`); the datasets it returns feed `model.fit` on 
 TensorFlow and the JAX backends.
 
 Each batch is `(images, {"embedding": ranking_labels, "logits": class_ids})`, matching
-the outputs of `keras_cgd.build_model`: `images` is float32 `(B, S, S, 3)` with pixel
-values in [0, 255] (not normalised; the model normalises), labels are int32 `(B,)`.
+the outputs of `keras_cgd.build_model`: `images` is uint8 `(B, S, S, 3)` RGB pixels
+(`dtype="float32"` gives the same values as float32); the model normalises them itself
+(`keras_cgd.layers.ImageNormalization`), so 4× fewer bytes travel to the accelerator.
+Labels are int32 `(B,)`.
 
-How batches are planned: the batch index plan of an epoch is drawn in NumPy from a
-generator seeded with `(seed, epoch)` every time the dataset is iterated (each epoch of
-`model.fit`), then images are read, decoded and augmented in parallel by `tf.data`
-(`num_parallel_calls=AUTOTUNE`, order kept) and prefetched. Each sample gets its own
-stateless random seed `(seed, sample_counter)`, so the pipeline is reproducible for a
-given `seed` and two copies of an image are augmented independently. The datasets are
-finite with a known cardinality, so `model.fit(batches, epochs=n)` needs no
-`steps_per_epoch`.
+How batches are planned: the index plan of an epoch is drawn in NumPy from a generator
+seeded with `(seed, epoch)` every time the dataset is iterated (each epoch of
+`model.fit`), so the same `seed` gives the same batches epoch after epoch, which is what
+resuming a run needs. Consecutive copies of one image in a batch (MultiGrain's repeated
+augmentation) form a group: the file is read and decoded **once per batch** for all of
+its copies — for a JPEG only the region its crops cover (`tf.io.decode_and_crop_jpeg`)
+— and cropped, resized (bilinear, antialiased when shrinking) and flipped per copy.
+Each group draws its random numbers from the stateless seed `(seed, position of its
+first copy in the epoch stream)`, so two copies are augmented independently and the
+pipeline is reproducible. The colour part of MultiGrain's augmentation is one affine
+colour map per image (`augment.folded_color_transform`) applied to whole batches by one
+XLA-compiled function. Groups are processed in parallel by `tf.data`
+(`num_parallel_calls=AUTOTUNE`, `deterministic=True`: batches keep their planned
+composition and order) and prefetched. The datasets are finite with a known
+cardinality, so `model.fit(batches, epochs=n)` needs no `steps_per_epoch`.
 """
 
 import collections
@@ -24,6 +33,18 @@ import tensorflow as tf
 
 from keras_cgd.data import augment as aug
 from keras_cgd.data.readers import ImageDataset
+
+
+OUTPUT_DTYPES = ("uint8", "float32")
+
+
+def _check_dtype(dtype):
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(
+            f"Invalid value received for argument `dtype`. Expected one of {OUTPUT_DTYPES}. "
+            f"Received: dtype={dtype!r}"
+        )
+    return dtype
 
 
 def _check_positive_int(value, name, minimum=1):
@@ -106,57 +127,103 @@ def _box_window(shape, box):
     return y0, x0, y1 - y0, x1 - x0
 
 
-def _crop_to_box(image, box):
-    """Crops a `(H, W, 3)` image to `box = [x0, y0, x1, y1]` (None: the whole image)."""
+def _region_of(shape, box):
+    """`(y0, x0, h, w)` of the region to augment: the box, or the whole image."""
     if box is None:
-        return image
-    y0, x0, h, w = _box_window(tf.shape(image), box)
-    return image[y0 : y0 + h, x0 : x0 + w, :]
+        return tf.constant(0), tf.constant(0), shape[0], shape[1]
+    return _box_window(shape, box)
 
 
-def _decode_region(contents, box):
-    """Decodes an image file (any of JPEG/PNG/GIF/BMP) to uint8 RGB, cropped to `box`."""
-    return _crop_to_box(tf.io.decode_image(contents, channels=3, expand_animations=False), box)
+def _whole_region(copies):
+    """Window function of augmentations that start from the whole region."""
+
+    def windows(seed, h, w):
+        del seed
+        return tf.tile(tf.stack([0, 0, h, w])[None], [copies, 1])
+
+    return windows
 
 
-def _multigrain_from_file(contents, box, seed, size, antialias):
-    """RandomResizedCrop decoding only the crop window of JPEGs, then the rest of "full"."""
-    s_crop, s_rest = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+def _read_region(paths, images, boxes, i, windows_fn, seed):
+    """Reads image `i` once for all of its crops.
 
-    def region_of(shape):
-        if box is None:
-            return tf.constant(0), tf.constant(0), shape[0], shape[1]
-        return _box_window(shape, box)
+    `windows_fn(seed, h, w) -> (copies, 4)` gives the crop windows `[y, x, h, w]` inside
+    the region (the box, or the whole image). Only the bounding rectangle of the windows
+    is decoded (`decode_and_crop_jpeg` for JPEG files; other formats are decoded whole).
+
+    Returns:
+        `(pixels, windows)`: uint8 `(h', w', 3)` of that rectangle and the windows
+        relative to it.
+    """
+    box = tf.gather(boxes, i) if boxes is not None else None
+
+    def cut(shape):
+        y0, x0, h, w = _region_of(shape, box)
+        wins = windows_fn(seed, h, w)
+        top = tf.reduce_min(wins[:, 0])
+        left = tf.reduce_min(wins[:, 1])
+        bottom = tf.reduce_max(wins[:, 0] + wins[:, 2])
+        right = tf.reduce_max(wins[:, 1] + wins[:, 3])
+        rect = tf.stack([y0 + top, x0 + left, bottom - top, right - left])
+        return rect, wins - tf.stack([top, left, 0, 0])[None]
+
+    def from_pixels(image):
+        rect, wins = cut(tf.shape(image))
+        return image[rect[0] : rect[0] + rect[2], rect[1] : rect[1] + rect[3], :], wins
+
+    if images is not None:
+        return from_pixels(tf.gather(images, i))
+    contents = tf.io.read_file(tf.gather(paths, i))
 
     def jpeg():
-        y0, x0, h, w = region_of(tf.io.extract_jpeg_shape(contents))
-        win = aug.random_resized_crop_window(s_crop, h, w)
-        window = tf.stack([win[0] + y0, win[1] + x0, win[2], win[3]])
-        return tf.io.decode_and_crop_jpeg(contents, window, channels=3)
+        rect, wins = cut(tf.io.extract_jpeg_shape(contents))
+        return tf.io.decode_and_crop_jpeg(contents, rect, channels=3), wins
 
     def other():
-        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-        y0, x0, h, w = region_of(tf.shape(image))
-        win = aug.random_resized_crop_window(s_crop, h, w)
-        return tf.slice(image, [win[0] + y0, win[1] + x0, 0], [win[2], win[3], 3])
+        return from_pixels(tf.io.decode_image(contents, channels=3, expand_animations=False))
 
-    crop = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
-    crop.set_shape([None, None, 3])
-    return aug.multigrain_after_crop(crop, s_rest, size, antialias)
+    pixels, wins = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    pixels.set_shape([None, None, 3])
+    return pixels, wins
 
 
-def _augment_image(image, seed, augmentation, size, antialias):
-    """Applies a named or callable augmentation to a decoded uint8 image."""
+def _augment_copies(pixels, wins, seed, augmentation, size, copies, antialias):
+    """The `copies` augmented crops of one decoded region, uint8 `(copies, H, W, 3)`.
+
+    "multigrain": each window resized to `size`, flipped with probability 1/2 (colour
+    comes later, per batch); "cgd": the region resized once to round(S * 252 / 224),
+    then a random `size` crop and a flip per copy; "flip"/"none": resized once, flipped
+    per copy / not; a callable is called once per copy with its own seed.
+    """
+    s_flip, s_crop, s_call = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    flips = tf.random.stateless_uniform([copies], s_flip) < 0.5
     if callable(augmentation):
-        return tf.cast(augmentation(image, seed, size), tf.float32)
-    if augmentation == "cgd":
-        return aug.cgd_train_augment(image, seed, size, antialias)
+        seeds = tf.unstack(tf.random.experimental.stateless_split(s_call, copies))
+        outs = []
+        for j in range(copies):
+            out = tf.cast(augmentation(pixels, seeds[j], size), tf.float32)
+            outs.append(aug._round_to_uint8(tf.ensure_shape(out, [size[0], size[1], 3])))
+        return tf.stack(outs)
     if augmentation == "multigrain":
-        return aug.multigrain_train_augment(image, seed, size, antialias)
-    image = tf.image.resize(tf.cast(image, tf.float32), size, antialias=antialias)
-    if augmentation == "flip":
-        image = aug.random_flip(image, seed)
-    return image
+        outs = []
+        for j in range(copies):
+            w = wins[j]
+            crop = pixels[w[0] : w[0] + w[2], w[1] : w[1] + w[3], :]
+            outs.append(aug._round_to_uint8(aug.resize_bilinear(crop, size, antialias)))
+    elif augmentation == "cgd":
+        resize = (aug.cgd_resize_size(size[0]), aug.cgd_resize_size(size[1]))
+        full = aug._round_to_uint8(aug.resize_bilinear(pixels, resize, antialias))
+        u = tf.random.stateless_uniform([copies, 2], s_crop)
+        oy = tf.cast(tf.floor(u[:, 0] * (resize[0] - size[0] + 1)), tf.int32)
+        ox = tf.cast(tf.floor(u[:, 1] * (resize[1] - size[1] + 1)), tf.int32)
+        outs = [full[oy[j] : oy[j] + size[0], ox[j] : ox[j] + size[1], :] for j in range(copies)]
+    else:
+        outs = [aug._round_to_uint8(aug.resize_bilinear(pixels, size, antialias))] * copies
+    if augmentation != "none":
+        outs = [
+            tf.cond(flips[j], lambda o=o: tf.reverse(o, axis=[1]), lambda o=o: o) for j, o in enumerate(outs)
+        ]
+    return tf.ensure_shape(tf.stack(outs), [copies, size[0], size[1], 3])
 
 
 def _check_augmentation(augmentation):
@@ -168,63 +235,93 @@ def _check_augmentation(augmentation):
         )
 
 
-def _loader(data, augmentation, size, antialias):
-    """Returns `load(index, seed) -> float32 (H, W, 3)` for an `ImageDataset`."""
+def _sources(data):
+    """`(paths, images, boxes)` constants of an `ImageDataset` (None where absent)."""
     boxes = tf.constant(data.boxes) if data.boxes is not None else None
     if data.images is not None:
-        images = tf.constant(data.images)
-
-        def load(i, seed):
-            box = tf.gather(boxes, i) if boxes is not None else None
-            return _augment_image(_crop_to_box(tf.gather(images, i), box), seed, augmentation, size, antialias)
-
-        return load
-    paths = tf.constant(data.paths.astype(str))
-
-    def load(i, seed):
-        contents = tf.io.read_file(tf.gather(paths, i))
-        box = tf.gather(boxes, i) if boxes is not None else None
-        if augmentation == "multigrain":
-            return _multigrain_from_file(contents, box, seed, size, antialias)
-        return _augment_image(_decode_region(contents, box), seed, augmentation, size, antialias)
-
-    return load
+        return None, tf.constant(data.images), boxes
+    return tf.constant(data.paths.astype(str)), None, boxes
 
 
-def _pipeline(data, plan_fn, steps, batch_size, size, augmentation, seed, ranking, antialias):
-    """Builds the tf.data pipeline from a per-epoch plan function `plan_fn(rng) -> indices`."""
+def plan_groups(plan, batch_size, copies):
+    """Cuts a flat index plan into groups decoded once: `(starts, counts)` int arrays.
+
+    A group is a run of equal consecutive indices inside one batch, at most `copies`
+    long (the static number of crops a decode serves). Groups never cross a batch
+    boundary, so a repeated-augmentation triple that straddles two batches is two
+    groups, one per batch.
+    """
+    plan = np.asarray(plan)
+    total = len(plan)
+    if total == 0:
+        return np.zeros(0, "int64"), np.zeros(0, "int64")
+    pos = np.arange(total)
+    new_run = np.ones(total, bool)
+    new_run[1:] = plan[1:] != plan[:-1]
+    new_run |= pos % batch_size == 0
+    run_start = np.flatnonzero(new_run)[np.cumsum(new_run) - 1]
+    starts = np.flatnonzero((pos - run_start) % copies == 0)
+    counts = np.diff(np.append(starts, total))
+    return starts.astype("int64"), counts.astype("int64")
+
+
+def _pipeline(data, plan_fn, steps, batch_size, size, augmentation, seed, ranking, antialias, copies, dtype):
+    """Builds the tf.data pipeline from a per-epoch plan function `plan_fn(rng) -> indices`.
+
+    `copies` is the largest number of consecutive copies of one image that are decoded
+    together (the repeats m of RA batches; 1 for P×K).
+    """
     base_seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
     state = {"epoch": 0}
+    total = steps * batch_size
 
     def generate():
         epoch = state["epoch"]
         state["epoch"] += 1
         rng = np.random.default_rng([base_seed, epoch])
-        idx = np.asarray(plan_fn(rng), dtype="int32")
-        counter = np.arange(len(idx), dtype="int64") + np.int64(epoch) * len(idx)
-        yield idx, counter
+        idx = np.asarray(plan_fn(rng), dtype="int64")
+        starts, counts = plan_groups(idx, batch_size, copies)
+        yield idx[starts].astype("int32"), counts.astype("int32"), starts + np.int64(epoch) * total
 
-    plans = tf.data.Dataset.from_generator(
+    groups = tf.data.Dataset.from_generator(
         generate,
         output_signature=(
-            tf.TensorSpec([steps * batch_size], tf.int32),
-            tf.TensorSpec([steps * batch_size], tf.int64),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int64),
         ),
     ).unbatch()
     labels = tf.constant(data.labels)
-    load = _loader(data, augmentation, size, antialias)
+    paths, images, boxes = _sources(data)
     seed_t = tf.constant(base_seed, tf.int64)
+    colour = augmentation == "multigrain"
+    if colour:
+        windows_fn = lambda s, h, w: aug.random_resized_crop_windows(s, copies, h, w)  # noqa: E731
+    else:
+        windows_fn = _whole_region(copies)
 
-    def element(i, counter):
-        image = load(i, tf.stack([seed_t, counter]))
-        image = tf.ensure_shape(image, [size[0], size[1], 3])
+    def group(i, count, counter):
+        s_read, s_aug, s_col = tf.unstack(
+            tf.random.experimental.stateless_split(tf.stack([seed_t, counter]), 3)
+        )
+        pixels, wins = _read_region(paths, images, boxes, i, windows_fn, s_read)
+        crops = _augment_copies(pixels, wins, s_aug, augmentation, size, copies, antialias)[:count]
         cls = tf.gather(labels, i)
         rank = cls if ranking == "class" else i
-        return image, rank, cls
+        out = (crops, tf.fill([count], rank), tf.fill([count], cls))
+        if colour:
+            out += (aug.multigrain_color_params(s_col, copies)[:count],)
+        return out
 
-    ds = plans.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = groups.map(group, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
     ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.map(lambda x, r, c: (x, {"embedding": r, "logits": c}))
+    if colour:
+        ds = ds.map(
+            lambda x, r, c, p: (aug.folded_color_transform_uint8(x, p), r, c),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    ds = ds.map(lambda x, r, c: (tf.cast(x, dtype), {"embedding": r, "logits": c}))
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -278,7 +375,8 @@ def class_balanced_batches(
     steps_per_epoch=None,
     small_classes="repeat",
     seed=None,
-    antialias=False,
+    antialias=True,
+    dtype="uint8",
 ):
     """P×K class-balanced training batches (CGD: 32 classes × 4 images = 128).
 
@@ -306,11 +404,14 @@ def class_balanced_batches(
             `(uint8 image, seed (2,), (H, W)) -> image`.
         steps_per_epoch: batches per epoch.
         small_classes: "repeat" or "drop" (see above).
-        seed: int for a reproducible pipeline (None: random).
-        antialias: antialiased resizing (slower).
+        seed: int for a reproducible pipeline: the same seed gives the same batches
+            (None: random).
+        antialias: antialiased bilinear resizing when shrinking (default True, as
+            evaluation and PIL's resize in the papers' code; False: plain bilinear).
+        dtype: "uint8" (default) or "float32" (the same values, 4× the bytes).
 
     Returns:
-        `tf.data.Dataset` of `(images (B, S, S, 3) float32 in [0, 255],
+        `tf.data.Dataset` of `(images (B, S, S, 3) uint8 in [0, 255],
         {"embedding": class_ids (B,) int32, "logits": class_ids (B,) int32})`, B = P*K.
 
     Example:
@@ -325,6 +426,7 @@ def class_balanced_batches(
     k = _check_positive_int(images_per_class, "images_per_class")
     size = aug.check_image_size(image_size)
     _check_augmentation(augmentation)
+    _check_dtype(dtype)
     if small_classes not in ("repeat", "drop"):
         raise ValueError(
             "Invalid value received for argument `small_classes`. Expected one of ('repeat', 'drop'). "
@@ -360,28 +462,58 @@ def class_balanced_batches(
     def plan(rng):
         return _plan_from_groups(groups, p, k, steps, rng)
 
-    return _pipeline(data, plan, steps, p * k, size, augmentation, seed, "class", antialias)
+    return _pipeline(data, plan, steps, p * k, size, augmentation, seed, "class", antialias, 1, dtype)
+
+
+def repeated_augmentation_stream(num_images, batch_size, repeats, steps, rng):
+    """Index plan of `steps` repeated-augmentation batches (NumPy), `(steps * batch_size,)`.
+
+    As MultiGrain's `RASampler`: images are taken from successive random permutations of
+    all images (each image once per pass), each repeated `repeats` times consecutively,
+    and the stream is cut into batches of `batch_size`. When `batch_size` is not a
+    multiple of `repeats`, the group that reaches past the end of a batch continues at
+    the start of the next one (a straddling image has some of its copies in each). No
+    image is drawn twice among the groups of one batch (a permutation's last images are
+    held back when a new pass starts inside a batch that already holds them).
+    """
+    total = steps * batch_size
+    num_groups = -(-total // repeats)
+    out = np.empty(num_groups * repeats, dtype="int64")
+    queue = collections.deque(rng.permutation(num_images).tolist())
+    taken = set()
+    for g in range(num_groups):
+        start = g * repeats
+        if start % batch_size == 0:
+            taken = set()
+        if not queue:
+            perm = rng.permutation(num_images).tolist()
+            queue = collections.deque([i for i in perm if i not in taken] + [i for i in perm if i in taken])
+        image = queue.popleft()
+        out[start : start + repeats] = image
+        if (start + repeats - 1) // batch_size > start // batch_size:  # straddles into the next batch
+            taken = {image}
+        else:
+            taken.add(image)
+    return out[:total]
 
 
 def repeated_augmentation_plan(num_images, distinct_per_batch, repeats, steps, rng):
-    """Index plan of `steps` repeated-augmentation batches (NumPy), `(steps * b * m,)`.
+    """`repeated_augmentation_stream` with batches of `distinct_per_batch * repeats`.
 
-    Images are taken from successive random permutations of all images (each image once
-    per pass); no image appears twice among the `distinct_per_batch` images of a batch;
-    each is repeated `repeats` times consecutively.
+    Each batch then holds `distinct_per_batch` distinct images, each repeated `repeats`
+    times consecutively; `(steps * distinct_per_batch * repeats,)`.
     """
-    out = []
-    queue = collections.deque(rng.permutation(num_images).tolist())
-    for _ in range(steps):
-        batch = []
-        while len(batch) < distinct_per_batch:
-            if not queue:
-                perm = rng.permutation(num_images).tolist()
-                taken = set(batch)
-                queue = collections.deque([i for i in perm if i not in taken] + [i for i in perm if i in taken])
-            batch.append(queue.popleft())
-        out.append(np.repeat(np.asarray(batch, dtype="int64"), repeats))
-    return np.concatenate(out)
+    return repeated_augmentation_stream(num_images, distinct_per_batch * repeats, repeats, steps, rng)
+
+
+def _max_distinct_per_batch(batch_size, repeats, steps):
+    """Largest number of groups (distinct images) that overlap one batch of the stream."""
+    most = 0
+    for t in range(min(steps, repeats)):  # t * batch_size mod repeats has period <= repeats
+        first = (t * batch_size) // repeats
+        last = ((t + 1) * batch_size - 1) // repeats
+        most = max(most, last - first + 1)
+    return most
 
 
 def repeated_augmentation_batches(
@@ -393,16 +525,24 @@ def repeated_augmentation_batches(
     epoch_length_factor=2.0,
     steps_per_epoch=None,
     seed=None,
-    antialias=False,
+    antialias=True,
+    dtype="uint8",
 ):
-    """MultiGrain repeated-augmentation (RA) batches: each image `repeats` times per batch.
+    """MultiGrain repeated-augmentation (RA) batches: each image `repeats` times in a row.
 
-    A batch holds `batch_size / repeats` distinct images, each repeated `repeats` times
-    consecutively, each copy augmented independently; the copies are the positives of
-    the ranking loss, identified by their instance id (the image's index in the dataset),
-    so no instance labels are needed. Unlike MultiGrain's `RASampler`, which cuts the
-    stream so that a group of copies may straddle two batches, all copies of an image are
-    kept in the same batch (hence `batch_size` must be a multiple of `repeats`).
+    The stream of the epoch is that of MultiGrain's `RASampler`: each image of a random
+    permutation repeated `repeats` (m) times consecutively, cut into batches of
+    `batch_size` (B). Each copy is augmented independently; the copies are the
+    positives of the ranking loss, identified by their instance id (the image's index
+    in the dataset), so no instance labels are needed. When B is a multiple of m every
+    batch holds B / m whole groups. Otherwise a batch holds about ⌈B / m⌉ distinct
+    images and the last group of a batch may **straddle** into the next one, as in the
+    reference (B = 512, m = 3: 170 whole triples plus one or two partial groups per
+    batch): its copies before the cut are positives of each other in the first batch and
+    the rest in the second; a single straddling copy has no positive in its batch and
+    acts as a negative only. No image appears in two groups of one batch.
+
+    Each image is decoded once per batch for all of its copies (see the module doc).
 
     Epoch: `int(N * epoch_length_factor)` samples (MultiGrain's `--epoch-len-factor`,
     default 2.0), i.e. `steps = max(1, int(N * factor) // batch_size)` batches unless
@@ -410,21 +550,25 @@ def repeated_augmentation_batches(
 
     Args:
         dataset: as in `class_balanced_batches`.
-        batch_size: B (paper: 512), a multiple of `repeats`, with B / repeats <= N.
+        batch_size: B (paper: 512), >= repeats; a batch needs at most about B / m + 1
+            distinct images, which must not exceed N.
         repeats: m (paper: 3).
         image_size: output size S.
         augmentation: "multigrain" (default, "full"), "cgd", "flip", "none" or a callable.
         epoch_length_factor: samples per epoch / N (paper: 2.0).
         steps_per_epoch: overrides the epoch length in batches.
-        seed: int for a reproducible pipeline (None: random).
-        antialias: antialiased resizing (slower).
+        seed: int for a reproducible pipeline: the same seed gives the same batches
+            (None: random).
+        antialias: antialiased bilinear resizing when shrinking (default True, as
+            evaluation and PIL's resize in the papers' code).
+        dtype: "uint8" (default) or "float32" (the same values, 4× the bytes).
 
     Returns:
-        `tf.data.Dataset` of `(images (B, S, S, 3) float32 in [0, 255],
+        `tf.data.Dataset` of `(images (B, S, S, 3) uint8 in [0, 255],
         {"embedding": instance_ids (B,) int32, "logits": class_ids (B,) int32})`.
 
     Example:
-        >>> batches = repeated_augmentation_batches(train, batch_size=48, repeats=3, image_size=224)
+        >>> batches = repeated_augmentation_batches(train, batch_size=512, repeats=3, image_size=224)
         >>> model.fit(batches, epochs=5)
 
     Reference: Berman et al. 2019 (MultiGrain), §3.3 and `lib/samplers.py` (m = 3, B = 512).
@@ -434,16 +578,11 @@ def repeated_augmentation_batches(
     m = _check_positive_int(repeats, "repeats")
     size = aug.check_image_size(image_size)
     _check_augmentation(augmentation)
-    if b % m:
+    _check_dtype(dtype)
+    if m > b:
         raise ValueError(
-            "Invalid value received for argument `batch_size`. Expected a multiple of "
-            f"repeats={m} so that all copies of an image are in one batch. Received: batch_size={b}"
-        )
-    distinct = b // m
-    if distinct > len(data):
-        raise ValueError(
-            f"Invalid value received for argument `batch_size`. A batch needs batch_size / repeats = "
-            f"{distinct} distinct images but the dataset has {len(data)}. Received: batch_size={b}"
+            "Invalid value received for argument `repeats`. Expected repeats <= batch_size="
+            f"{b} (the copies of an image span at most two batches). Received: repeats={m}"
         )
     if not isinstance(epoch_length_factor, (int, float)) or epoch_length_factor <= 0:
         raise ValueError(
@@ -454,24 +593,41 @@ def repeated_augmentation_batches(
         steps = max(1, int(len(data) * epoch_length_factor) // b)
     else:
         steps = _check_positive_int(steps_per_epoch, "steps_per_epoch")
+    distinct = _max_distinct_per_batch(b, m, steps)
+    if distinct > len(data):
+        raise ValueError(
+            f"Invalid value received for argument `batch_size`. A batch of {b} with repeats={m} "
+            f"needs up to {distinct} distinct images but the dataset has {len(data)}. "
+            f"Received: batch_size={b}"
+        )
     n = len(data)
 
     def plan(rng):
-        return repeated_augmentation_plan(n, distinct, m, steps, rng)
+        return repeated_augmentation_stream(n, b, m, steps, rng)
 
-    return _pipeline(data, plan, steps, b, size, augmentation, seed, "instance", antialias)
+    return _pipeline(data, plan, steps, b, size, augmentation, seed, "instance", antialias, m, dtype)
 
 
-def inference_batches(dataset, batch_size=32, image_size=None, longest_side=None, center_crop=False):
+def inference_batches(
+    dataset, batch_size=32, image_size=None, longest_side=None, center_crop=False, dtype="uint8"
+):
     """Deterministic test-time batches, in dataset order, no augmentation.
 
-    Resizing (see `augment.resize_for_test`): `image_size` (fixed size, CGD test),
-    `image_size` + `center_crop=True` (MultiGrain "square"), or `longest_side=s*`
-    (MultiGrain "rect", aspect ratio kept; images then differ in shape, so `batch_size`
-    must be 1).
+    Resizing (see `augment.resize_for_test`, bilinear, antialiased): `image_size` (fixed
+    size, CGD test), `image_size` + `center_crop=True` (MultiGrain "square"), or
+    `longest_side=s*` (MultiGrain "rect", aspect ratio kept; images then differ in shape,
+    so `batch_size` must be 1). Files are decoded in parallel (only the box of JPEGs
+    that have one) and batches are prefetched.
+
+    Args:
+        dataset: as in `class_balanced_batches`.
+        batch_size: images per batch.
+        image_size, longest_side, center_crop: the resize (exactly one of the sizes).
+        dtype: "uint8" (default: rounded pixel values) or "float32" (the resized values
+            before rounding, as the SavedModel's `serving_bytes` signature computes them).
 
     Returns:
-        finite `tf.data.Dataset` of `(images float32 in [0, 255],
+        finite `tf.data.Dataset` of `(images uint8 in [0, 255],
         {"embedding": class_ids, "logits": class_ids})`; the last batch may be smaller.
         `model.predict` uses the images only.
 
@@ -481,6 +637,7 @@ def inference_batches(dataset, batch_size=32, image_size=None, longest_side=None
     """
     data = _as_image_dataset(dataset)
     bs = _check_positive_int(batch_size, "batch_size")
+    _check_dtype(dtype)
     if longest_side is not None and bs != 1:
         raise ValueError(
             "Invalid value received for argument `batch_size`. With `longest_side` images keep "
@@ -488,23 +645,14 @@ def inference_batches(dataset, batch_size=32, image_size=None, longest_side=None
         )
     aug.check_test_resize(image_size, longest_side)
     labels = tf.constant(data.labels)
-    boxes = tf.constant(data.boxes) if data.boxes is not None else None
-    if data.images is not None:
-        images = tf.constant(data.images)
-
-        def load(i):
-            box = tf.gather(boxes, i) if boxes is not None else None
-            return _crop_to_box(tf.gather(images, i), box)
-
-    else:
-        paths = tf.constant(data.paths.astype(str))
-
-        def load(i):
-            box = tf.gather(boxes, i) if boxes is not None else None
-            return _decode_region(tf.io.read_file(tf.gather(paths, i)), box)
+    paths, images, boxes = _sources(data)
+    whole = _whole_region(1)
 
     def element(i):
-        image = aug.resize_for_test(load(i), image_size, longest_side, center_crop)
+        pixels, _ = _read_region(paths, images, boxes, i, whole, None)
+        image = aug.resize_for_test(pixels, image_size, longest_side, center_crop)
+        if dtype == "uint8":
+            image = aug._round_to_uint8(image)
         return image, tf.gather(labels, i)
 
     ds = tf.data.Dataset.range(len(data)).map(lambda i: tf.cast(i, tf.int32))

@@ -24,8 +24,9 @@ Corrupt files (truncated JPEGs, non-images with image names, missing listed file
 found once when the reader is built: every file is decoded with `tf.io.decode_image`
 (the decoder the pipelines use) in parallel; unreadable files are dropped together with
 their labels (labels of the other files never shift), listed in `ImageDataset.skipped`
-as `(path, reason)` and announced with a `UserWarning`. Grey-scale, palette and RGBA
-images are kept: they are decoded to RGB (alpha dropped). A dataset without any readable
+as `(path, reason)` and announced with a `UserWarning`. So are files whose name is not
+valid UTF-8 (TensorFlow cannot open them), even with `validate=False`. Grey-scale,
+palette and RGBA images are kept: they are decoded to RGB (alpha dropped). A dataset without any readable
 image raises `ValueError` naming the root.
 """
 
@@ -198,14 +199,37 @@ def validate_image_files(paths):
     return ok, shapes, reasons
 
 
+def _utf8_name_error(path):
+    """The reason a path cannot reach TensorFlow (not UTF-8), or None."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return (
+            f"file name is not valid UTF-8 ({os.fsencode(path)!r}); TensorFlow cannot open "
+            "it, rename the file"
+        )
+    return None
+
+
 def _finish(root, paths, labels, class_names, boxes=None, validate=True):
     """Validates files, drops and reports the unreadable ones, builds the dataset."""
     paths = np.asarray(paths, dtype=object)
     labels = np.asarray(labels, dtype="int32")
     skipped = []
+    # A name that is not UTF-8 (os.listdir's surrogate escapes) cannot become a
+    # tf.string: skip and report it like an unreadable file, whatever `validate`.
+    bad_names = {i: _utf8_name_error(p) for i, p in enumerate(paths)}
+    bad_names = {i: reason for i, reason in bad_names.items() if reason}
+    if bad_names:
+        keep = np.ones(len(paths), dtype=bool)
+        keep[list(bad_names)] = False
+        skipped = [(str(paths[i]), bad_names[i]) for i in sorted(bad_names)]
+        paths, labels = paths[keep], labels[keep]
+        if boxes is not None:
+            boxes = np.asarray(boxes, dtype="float32")[keep]
     if validate and len(paths):
         ok, shapes, reasons = validate_image_files(paths)
-        skipped = [(str(paths[i]), reasons[i]) for i in sorted(reasons)]
+        skipped += [(str(paths[i]), reasons[i]) for i in sorted(reasons)]
         if boxes is not None:
             boxes = np.asarray(boxes, dtype="float32").copy()
             h = shapes[:, 0].astype("float32")
@@ -224,7 +248,8 @@ def _finish(root, paths, labels, class_names, boxes=None, validate=True):
             + ")."
         )
     if skipped:
-        shown = "; ".join(f"{p} ({r})" for p, r in skipped[:5])
+        shown = "; ".join(f"{p!r} ({r})" if _utf8_name_error(p) else f"{p} ({r})"
+                          for p, r in skipped[:5])
         warnings.warn(
             f"keras_cgd.data: skipped {len(skipped)} unreadable image file(s) under "
             f"{str(root)!r}: {shown}{' ...' if len(skipped) > 5 else ''}. "

@@ -11,6 +11,7 @@ from keras_cgd.export.saved_model import DEFAULT_MAX_REQUEST_PIXELS
 from keras_cgd.export.saved_model import METADATA_FILENAME
 from keras_cgd.export.saved_model import export_saved_model
 from keras_cgd.export.saved_model import list_versions
+from keras_cgd.export.saved_model import remove_stale_temporaries
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
@@ -18,4 +19,5 @@ __all__ = [
     "METADATA_FILENAME",
     "export_saved_model",
     "list_versions",
+    "remove_stale_temporaries",
 ]

@@ -1,6 +1,8 @@
 """`python -m keras_cgd.export REQUEST.json`: the TF-backend export subprocess.
 
-Used by `export_saved_model` when the current Keras backend is not TensorFlow.
+Writes the SavedModel into the request's `output_dir` without publishing it.
+`export_saved_model` starts the same entry point (through a small bootstrap that
+watches its parent) when the current Keras backend is not TensorFlow.
 """
 
 import sys

@@ -15,16 +15,22 @@ Layout written (what TensorFlow Serving reads, `reference/ecosystem.md` §5.7):
 The version directory appears in one `os.rename` of a hidden temporary
 directory `model_dir/.tmp-<version>-<random>`, so a server polling `model_dir`
 never sees a half-written version (TF Serving ignores non-numeric children).
+Each export holds an exclusive `flock` on its temporary directory while it
+runs and first removes the `.tmp-*` directories that nobody holds and that
+are over a minute old (left by a crashed export; `remove_stale_temporaries`).
+From JAX, the `.keras` copy and the child's output live in the same kind of
+hidden directory, and only the parent publishes: a child whose parent died
+(even by `kill -9`) removes the directory and exits.
 """
 
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import keras
 
@@ -33,11 +39,26 @@ from keras_cgd.serving.rest import INT64_MAX
 METADATA_FILENAME = "keras_cgd.json"
 """Name of the preprocessing-facts file under `<version>/assets.extra/`."""
 
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
-"""Largest width × height an exported `image_bytes` signature decodes (50 MP)."""
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
+"""Largest width × height an exported `image_bytes` signature decodes (25 MP).
+
+A 6000 × 4000 camera photo passes; a 7000 × 7000 header (49 MP, ~147 MB of
+decoded pixels, whatever the file size) is refused before decoding.
+"""
 
 DEFAULT_MAX_REQUEST_PIXELS = 200_000_000
-"""Largest sum of header-declared width × height in one `image_bytes` call (200 MP)."""
+"""Largest sum of image costs in one `image_bytes` call (200 MP).
+
+An image costs `max(height × width from its header, H × W of image_size)`.
+"""
+
+TEMP_PREFIX = ".tmp-"
+"""Name prefix of an export's hidden temporary directories inside the model base path."""
+
+STALE_TEMPORARY_SECONDS = 60.0
+"""Age after which an unlocked `.tmp-*` directory counts as left by a crashed export."""
+
+_STALE_WITHOUT_LOCKS_SECONDS = 24 * 3600.0
 
 _VERSION_RE = re.compile(r"[0-9]+")
 
@@ -140,8 +161,10 @@ def export_saved_model(
       normalises inside. An image whose header declares more than
       `max_image_pixels` pixels, a truncated file or bytes that are not an image
       fail with `InvalidArgument` (HTTP 400 in TF Serving), before any large
-      allocation; so does a call whose images declare more than
-      `max_request_pixels` pixels in all. Images are decoded one at a time.
+      allocation; so does a call whose images cost more than
+      `max_request_pixels` pixels in all (an image costs its header's
+      width × height, at least `image_size`'s). Images are decoded one at a
+      time.
     - `serving_pixels`: input `images`, float32 `(None, H, W, 3)` RGB pixels in
       [0, 255].
 
@@ -149,8 +172,11 @@ def export_saved_model(
     model has a classifier), whatever the mixed-precision policy.
 
     On a backend other than TensorFlow, the model is saved to a temporary
-    `.keras` file and exported by `python -m keras_cgd.export` in a
-    subprocess with `KERAS_BACKEND=tensorflow` (TensorFlow must be installed).
+    `.keras` file (in a hidden `model_dir/.tmp-export-*/` directory) and
+    exported by `python -m keras_cgd.export` in a subprocess with
+    `KERAS_BACKEND=tensorflow` (TensorFlow must be installed); this process
+    publishes the result, and the subprocess stops without publishing if this
+    process dies.
 
     Args:
         model: a Keras model taking `(N, H, W, 3)` pixels and returning a dict
@@ -166,9 +192,10 @@ def export_saved_model(
         antialias: antialiasing of the bilinear resize (evaluation's default is
             True).
         verbose: print Keras' export summary.
-        max_request_pixels: the decoder refuses a call whose images declare more
-            than this many pixels in all (images over `max_image_pixels` aside,
-            they fail on their own), before decoding any.
+        max_request_pixels: the decoder refuses a call whose images cost more
+            than this many pixels in all (each `max(height × width, H × W)`;
+            images over `max_image_pixels` fail on their own), before decoding
+            any.
 
     Returns:
         The path of the written version directory.
@@ -188,10 +215,15 @@ def export_saved_model(
             f"Received: model_dir={model_dir!r} of type {type(model_dir).__name__}"
         )
     model_dir = os.fspath(model_dir)
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    existing = os.path.abspath(model_dir)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)  # the nearest part of the path that exists
+    if not os.path.isdir(existing):
+        which = "which is a file" if existing == os.path.abspath(model_dir) else (
+            f"inside {existing!r}, which is a file")
         raise ValueError(
             "Invalid value received for argument `model_dir`. Expected a directory. "
-            f"Received: model_dir={model_dir!r}, which is a file"
+            f"Received: model_dir={model_dir!r}, {which}"
         )
     preprocessing = _preprocessing_of(model, image_size)
     if version is not None:
@@ -221,83 +253,236 @@ def _resolve_version(model_dir, version):
     return version
 
 
+def _temp_dir(model_dir, tag):
+    """A new hidden `model_dir/.tmp-<tag>-<random>/`, locked while the export runs.
+
+    Returns `(path, lock)`; `lock` is an open descriptor holding an exclusive
+    `flock` on the directory (None where the platform or file system has no
+    such locks), so `remove_stale_temporaries` never removes a running
+    export's directory. Close it with `_release`.
+    """
+    path = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{tag}-", dir=model_dir)
+    # mkdtemp makes it 0700; a published version gets the mode of a plain mkdir.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+    try:
+        lock = _lock_dir(path)
+    except OSError:  # e.g. a file system without flock: only the age protects it
+        lock = None
+    return path, lock
+
+
+def _lock_dir(path):
+    """Open `path` and take an exclusive, non-blocking `flock`; returns the descriptor.
+
+    None without `fcntl` (Windows). Raises `BlockingIOError` when another
+    process holds the lock, `OSError` when the file system refuses locks.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release(lock):
+    if lock is not None:
+        os.close(lock)
+
+
+def remove_stale_temporaries(model_dir, min_age=STALE_TEMPORARY_SECONDS):
+    """Remove the hidden `.tmp-*` directories that crashed exports left in `model_dir`.
+
+    A directory is stale when no running export holds its lock (every export
+    keeps an exclusive `flock` on its temporary directory until it is
+    published or removed) and it was last modified more than `min_age`
+    seconds ago. Where locks are unavailable, only directories older than a
+    day are removed. Every export calls this first; published versions and
+    anything not named `.tmp-*` are never touched.
+
+    Args:
+        model_dir: a model base path.
+        min_age: seconds since the last change before an unlocked directory
+            counts as stale (default 60).
+
+    Returns:
+        The sorted names of the directories removed.
+
+    Example:
+
+    >>> remove_stale_temporaries("savedmodels/cgd")  # doctest: +SKIP
+    ['.tmp-3-1a2b3c4d']
+    """
+    removed = []
+    try:
+        names = os.listdir(model_dir)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        path = os.path.join(model_dir, name)
+        if not name.startswith(TEMP_PREFIX) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            age = time.time() - os.stat(path).st_mtime
+        except OSError:
+            continue
+        if age < min_age:
+            continue
+        try:
+            lock = _lock_dir(path)
+        except BlockingIOError:
+            continue  # a running export holds it
+        except OSError:
+            lock = None
+        if lock is None and age < _STALE_WITHOUT_LOCKS_SECONDS:
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            _release(lock)
+        if not os.path.exists(path):
+            removed.append(name)
+    return removed
+
+
+def _publish(tmp, model_dir, version):
+    """Rename the complete version directory `tmp` to `model_dir/<version>` (atomic)."""
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):  # appeared while we were writing
+        raise ValueError(
+            f"Version directory {final!r} appeared during the export (another "
+            f"writer?). Received: version={version!r}"
+        )
+    os.rename(tmp, final)
+    return final
+
+
 def _export_tensorflow(model, model_dir, version, preprocessing, max_image_pixels, antialias,
                        verbose, max_request_pixels):
+    os.makedirs(model_dir, exist_ok=True)
+    remove_stale_temporaries(model_dir)
+    version = _resolve_version(model_dir, version)
+    tmp, lock = _temp_dir(model_dir, str(version))
+    try:
+        _write_version(model, tmp, preprocessing, max_image_pixels, antialias, verbose,
+                       max_request_pixels)
+        return _publish(tmp, model_dir, version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        _release(lock)
+
+
+def _write_version(model, out_dir, preprocessing, max_image_pixels, antialias, verbose,
+                   max_request_pixels):
+    """Write the SavedModel and its `assets.extra` facts into `out_dir` (TF backend)."""
     import tensorflow as tf
 
     from keras_cgd.export.signatures import make_serving_functions
 
-    os.makedirs(model_dir, exist_ok=True)
-    version = _resolve_version(model_dir, version)
-    tmp = os.path.join(model_dir, f".tmp-{version}-{secrets.token_hex(4)}")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    fns = make_serving_functions(
+        model, preprocessing["image_size"], max_image_pixels, antialias, max_request_pixels,
+    )
+    # The first endpoint becomes `serving_default` in TF Serving; register it
+    # under that name explicitly.
+    archive.add_endpoint(
+        "serving_default",
+        fns["serving_default"],
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+    h, w = preprocessing["image_size"]
+    archive.add_endpoint(
+        "serving_pixels",
+        fns["serving_pixels"],
+        input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="images")],
+    )
+    archive.write_out(out_dir, verbose=verbose)
+    out_spec = fns["output_dims"]
+    facts = {
+        "format": "keras_cgd.saved_model/1",
+        "preprocessing": preprocessing,
+        "input": "RGB pixels in [0, 255]; the model normalises inside",
+        "resize": {"method": "bilinear", "antialias": bool(antialias)},
+        "max_image_pixels": max_image_pixels,
+        "max_request_pixels": max_request_pixels,
+        "image_formats": ["jpeg", "png"],
+        "signatures": {
+            "serving_default": {"inputs": {"image_bytes": "string [None]"}},
+            "serving_pixels": {"inputs": {"images": f"float32 [None, {h}, {w}, 3]"}},
+            "outputs": {k: f"float32 [None, {d}]" for k, d in out_spec.items()},
+        },
+        "model_class": type(model).__name__,
+        "model_name": model.name,
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+    }
+    os.makedirs(os.path.join(out_dir, "assets.extra"), exist_ok=True)
+    with open(os.path.join(out_dir, "assets.extra", METADATA_FILENAME), "w") as f:
+        json.dump(facts, f, indent=2, sort_keys=True)
+
+
+# The export child: standard library only until the parent watch runs, so that the
+# child stops within milliseconds of its parent's death, even while importing
+# TensorFlow. The parent never writes to the pipe: `os.read` returns end-of-file
+# exactly when the parent's write end closes, i.e. when the parent exits however it
+# dies (`kill -9` included). The child then removes the work directory and exits.
+_CHILD_BOOTSTRAP = """
+import json, os, shutil, sys, threading
+request_path = sys.argv[1]
+with open(request_path) as f:
+    request = json.load(f)
+
+def watch_parent(fd=request["parent_fd"], work_dir=request["work_dir"]):
     try:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        fns = make_serving_functions(
-            model, preprocessing["image_size"], max_image_pixels, antialias,
-            max_request_pixels,
-        )
-        # The first endpoint becomes `serving_default` in TF Serving; register it
-        # under that name explicitly.
-        archive.add_endpoint(
-            "serving_default",
-            fns["serving_default"],
-            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
-        )
-        h, w = preprocessing["image_size"]
-        archive.add_endpoint(
-            "serving_pixels",
-            fns["serving_pixels"],
-            input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="images")],
-        )
-        archive.write_out(tmp, verbose=verbose)
-        out_spec = fns["output_dims"]
-        facts = {
-            "format": "keras_cgd.saved_model/1",
-            "preprocessing": preprocessing,
-            "input": "RGB pixels in [0, 255]; the model normalises inside",
-            "resize": {"method": "bilinear", "antialias": bool(antialias)},
-            "max_image_pixels": max_image_pixels,
-            "max_request_pixels": max_request_pixels,
-            "image_formats": ["jpeg", "png"],
-            "signatures": {
-                "serving_default": {"inputs": {"image_bytes": "string [None]"}},
-                "serving_pixels": {"inputs": {"images": f"float32 [None, {h}, {w}, 3]"}},
-                "outputs": {k: f"float32 [None, {d}]" for k, d in out_spec.items()},
-            },
-            "model_class": type(model).__name__,
-            "model_name": model.name,
-            "keras_version": keras.__version__,
-            "tensorflow_version": tf.__version__,
-        }
-        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        with open(os.path.join(tmp, "assets.extra", METADATA_FILENAME), "w") as f:
-            json.dump(facts, f, indent=2, sort_keys=True)
-        final = os.path.join(model_dir, str(version))
-        if os.path.exists(final):  # appeared while we were writing
-            raise ValueError(
-                f"Version directory {final!r} appeared during the export (another "
-                f"writer?). Received: version={version!r}"
-            )
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        while os.read(fd, 1024):
+            pass
+    except OSError:
+        pass
+    shutil.rmtree(work_dir, ignore_errors=True)
+    os._exit(3)
+
+threading.Thread(target=watch_parent, name="keras-cgd-export-parent-watch", daemon=True).start()
+from keras_cgd.export.saved_model import _subprocess_main
+sys.exit(_subprocess_main(request_path))
+"""
 
 
 def _export_in_subprocess(model, model_dir, version, preprocessing, max_image_pixels, antialias,
                           verbose, max_request_pixels):
+    """Export through `.keras` + a TensorFlow-backend child process.
+
+    Everything lives in one hidden, locked `model_dir/.tmp-export-*/`: the
+    `.keras` copy, the request, and the version the child writes. Only this
+    (parent) process publishes, by renaming the child's finished directory; the
+    child holds the read end of a pipe whose write end only this process holds,
+    and when it reads end-of-file (this process died, even by `kill -9`) it
+    removes the directory and exits without publishing anything.
+    """
     import keras_cgd
 
-    work = tempfile.mkdtemp(prefix="keras_cgd_export_")
+    model_dir = os.path.abspath(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    remove_stale_temporaries(model_dir)
+    work, lock = _temp_dir(model_dir, "export")
+    read_fd, write_fd = os.pipe()
     try:
         keras_path = os.path.join(work, "model.keras")
         model.save(keras_path)
         request = {
             "keras_path": keras_path,
-            "model_dir": os.path.abspath(model_dir),
-            "version": version,
+            "output_dir": os.path.join(work, "version"),
+            "work_dir": work,
+            "parent_fd": read_fd,
             "image_size": preprocessing["image_size"],
             "max_image_pixels": max_image_pixels,
             "max_request_pixels": max_request_pixels,
@@ -313,12 +498,19 @@ def _export_in_subprocess(model, model_dir, version, preprocessing, max_image_pi
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, os.environ.get("PYTHONPATH")) if p
         )
-        proc = subprocess.run(
-            [sys.executable, "-m", "keras_cgd.export", request_path],
-            env=env,
-            capture_output=True,
-            text=True,
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_BOOTSTRAP, request_path],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            pass_fds=(read_fd,),
         )
+        os.close(read_fd)
+        read_fd = None
+        try:
+            _, stderr = proc.communicate()
+        except BaseException:  # e.g. KeyboardInterrupt: stop the child, publish nothing
+            proc.kill()
+            proc.wait()
+            raise
         result_path = request["result_path"]
         if os.path.exists(result_path):
             with open(result_path) as f:
@@ -328,18 +520,27 @@ def _export_in_subprocess(model, model_dir, version, preprocessing, max_image_pi
                     result["error_type"], RuntimeError
                 )
                 raise error_type(result["error"])
-            if proc.returncode == 0:
-                return result["path"]
+            if proc.returncode == 0 and result.get("written"):
+                return _publish(request["output_dir"], model_dir,
+                                _resolve_version(model_dir, version))
         raise RuntimeError(
             "The TensorFlow-backend export subprocess failed "
-            f"(exit code {proc.returncode}).\n{proc.stderr[-4000:]}"
+            f"(exit code {proc.returncode}).\n{stderr[-4000:]}"
         )
     finally:
+        for fd in (read_fd, write_fd):
+            if fd is not None:
+                os.close(fd)
         shutil.rmtree(work, ignore_errors=True)
+        _release(lock)
 
 
 def _subprocess_main(request_path):
-    """Entry point of `python -m keras_cgd.export REQUEST.json` (TF backend)."""
+    """Entry point of `python -m keras_cgd.export REQUEST.json` (TF backend).
+
+    Writes the SavedModel into the request's `output_dir` (the parent
+    publishes it) and `{"written": true}` or `{"error": ...}` to `result_path`.
+    """
     with open(request_path) as f:
         request = json.load(f)
     result = {}
@@ -352,18 +553,18 @@ def _subprocess_main(request_path):
         import keras_cgd  # noqa: F401  (registers custom classes)
 
         model = keras.saving.load_model(request["keras_path"], compile=False)
-        result["path"] = export_saved_model(
+        _write_version(
             model,
-            request["model_dir"],
-            version=request["version"],
-            image_size=request["image_size"],
-            max_image_pixels=request["max_image_pixels"],
-            antialias=request["antialias"],
-            verbose=request["verbose"],
-            max_request_pixels=request["max_request_pixels"],
+            request["output_dir"],
+            _preprocessing_of(model, request["image_size"]),
+            _check_max_pixels(request["max_image_pixels"]),
+            request["antialias"],
+            request["verbose"],
+            _check_max_pixels(request["max_request_pixels"], "max_request_pixels"),
         )
+        result["written"] = True
     except (ValueError, TypeError) as e:
         result = {"error": str(e), "error_type": type(e).__name__}
     with open(request["result_path"], "w") as f:
         json.dump(result, f)
-    return 0 if "path" in result else 1
+    return 0 if result.get("written") else 1

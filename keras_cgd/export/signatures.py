@@ -84,12 +84,19 @@ def decode_image_guarded(contents, image_size, max_image_pixels, antialias=True)
         tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE),
         tf.equal(tf.strings.substr(contents, 0, 3), _JPEG_SIGNATURE),
     )
+    # The first bytes are shown as numbers: raw bytes in an error message are not
+    # valid UTF-8 for most formats (WebP, GIF, ...) and break JSON error answers.
+    first_bytes = tf.io.decode_raw(
+        tf.strings.substr(tf.strings.join([contents, b"\x00" * 8]), 0, 8), tf.uint8
+    )
     check_format = tf.debugging.Assert(
         known,
         [
-            "Invalid image: expected JPEG or PNG bytes; received bytes starting with",
-            tf.strings.substr(contents, 0, 8),
+            "Invalid image: expected JPEG or PNG bytes (only JPEG and PNG images are "
+            "accepted); received bytes starting with (decimal values)",
+            first_bytes,
         ],
+        summarize=8,
     )
     with tf.control_dependencies([check_format]):
         shape = image_header_shape(contents)
@@ -103,9 +110,11 @@ def decode_images(image_bytes, image_size, max_image_pixels, max_request_pixels=
                   antialias=True):
     """Batch version of `decode_image_guarded`: `[N]` string → `(N, H, W, 3)` float32.
 
-    Before any decoding, the pixels declared by all the headers must sum to at
-    most `max_request_pixels` (None: no per-request budget), else
-    `InvalidArgumentError`. Images are decoded one at a time
+    Before any decoding, the costs of the images must sum to at most
+    `max_request_pixels` (None: no per-request budget), else
+    `InvalidArgumentError`; an image costs the pixels its header declares, but
+    at least `H × W` (what it becomes after the resize), so that thousands of
+    1 × 1 images are not free. Images are decoded one at a time
     (`parallel_iterations=1`), so at most one full-size image is in memory.
     """
     h, w = image_size
@@ -116,13 +125,14 @@ def decode_images(image_bytes, image_size, max_image_pixels, max_request_pixels=
         )
         pixels = tf.reduce_prod(tf.maximum(tf.cast(shapes, tf.float64), 0.0), axis=1)
         # An image over max_image_pixels fails its own check before it is decoded.
-        total = tf.reduce_sum(tf.where(pixels <= max_image_pixels, pixels, 0.0))
+        cost = tf.maximum(tf.where(pixels <= max_image_pixels, pixels, 0.0), float(h * w))
+        total = tf.reduce_sum(cost)
         checks.append(tf.debugging.Assert(
             total <= max_request_pixels,
             [
-                f"Invalid request: more than max_request_pixels={max_request_pixels} pixels "
-                "declared in the headers of its images; send fewer or smaller images. "
-                "Declared pixels =",
+                f"Invalid request: its images cost more than max_request_pixels="
+                f"{max_request_pixels} pixels (each counts its header's width x height, at "
+                f"least {h * w}); send fewer or smaller images. Cost =",
                 tf.cast(total, tf.int64),
             ],
         ))

@@ -69,6 +69,19 @@ class BaseIndex:
     def get_config(self):
         return {"metric": self.metric, "dimension": self.dimension}
 
+    def _stored_count(self):
+        """Vectors the backend holds after `_restore_vector_state`, or None if unknown.
+
+        Checked at load against the ids and metadata. Default: the rows of a
+        `vectors` attribute (exact) or `ntotal` of a FAISS `_index`; backends
+        may override.
+        """
+        inner = getattr(self, "_index", None)
+        if inner is not None and hasattr(inner, "ntotal"):
+            return int(inner.ntotal)
+        vectors = getattr(self, "vectors", None)
+        return int(vectors.shape[0]) if getattr(vectors, "ndim", 0) == 2 else None
+
     # -- public API -----------------------------------------------------
     def __len__(self):
         return int(self._ids.shape[0])
@@ -103,14 +116,34 @@ class BaseIndex:
         Returns:
             the int64 ids of the added vectors.
         """
+        vectors, ids, metadata = self._check_add(vectors, ids, metadata)
+        if self.dimension is None:
+            self.dimension = int(vectors.shape[1])
+        self._add_vectors(vectors)
+        self._ids = np.concatenate([self._ids, ids])
+        self._id_lookup = None
+        self._metadata.extend(metadata)
+        return ids
+
+    def _max_id(self):
+        """The largest stored id (None when empty); the default ids follow it."""
+        return int(self._ids.max()) if len(self) else None
+
+    def _contains_any(self, ids):
+        """Whether any of `ids` is already stored."""
+        return bool(np.isin(ids, self._ids).any())
+
+    def _check_add(self, vectors, ids, metadata):
+        """Validated `(vectors float32 (n, D), ids int64 (n,), metadata list)` of `add`."""
         vectors = self._check_vectors(vectors, "vectors")
         n = vectors.shape[0]
         if ids is None:
-            first = int(self._ids.max()) + 1 if len(self) else 0
+            last = self._max_id()
+            first = 0 if last is None else last + 1
             ids = np.arange(first, first + n, dtype=np.int64)
         else:
             ids = _as_index_array(ids, n, "ids", low=None)
-            if np.unique(ids).size != n or np.isin(ids, self._ids).any():
+            if np.unique(ids).size != n or self._contains_any(ids):
                 raise ValueError(
                     "Invalid value received for argument `ids`. Expected ids "
                     "not already in the index and without duplicates."
@@ -131,13 +164,54 @@ class BaseIndex:
                     "Invalid value received for argument `metadata`. Expected "
                     f"JSON-serialisable entries. Received an error: {e}"
                 ) from None
-        if self.dimension is None:
-            self.dimension = int(vectors.shape[1])
-        self._add_vectors(vectors)
-        self._ids = np.concatenate([self._ids, ids])
-        self._id_lookup = None
-        self._metadata.extend(metadata)
-        return ids
+        return vectors, ids, metadata
+
+    @staticmethod
+    def _shard_source(shards):
+        """A callable returning a fresh iterator of `(ids, vectors, keys)` shards."""
+        if isinstance(shards, (str, os.PathLike)):
+            from keras_cgd.embedding.shards import iter_embedding_shards
+
+            path = os.fspath(shards)
+            return lambda: iter_embedding_shards(path)
+        if isinstance(shards, (list, tuple)):
+            return lambda: iter(shards)
+        raise TypeError(
+            "Invalid value received for argument `shards`. Expected an output folder of "
+            "`keras-cgd embed` or a list of (ids, vectors, keys) tuples. Received: "
+            f"shards of type {type(shards).__name__}"
+        )
+
+    def add_shards(self, shards, metadata="key"):
+        """Adds the output of an embedding job (`keras-cgd embed`) shard by shard.
+
+        Memory holds one shard at a time (besides the index itself).
+
+        Args:
+            shards: an output folder of `keras-cgd embed` or of its Beam
+                pipeline, or a sequence (or iterator) of `(ids, vectors, keys)`.
+            metadata: `"key"` (default) stores `{"key": key}` (the image path)
+                with each vector; None stores nothing.
+        Returns:
+            the number of vectors added.
+
+        Example:
+        >>> index = ExactIndex()
+        >>> index.add_shards("embeddings/")    # written by `keras-cgd embed`
+        """
+        if metadata not in ("key", None):
+            raise ValueError(
+                "Invalid value received for argument `metadata`. Expected 'key' or None. "
+                f"Received: metadata={metadata!r}"
+            )
+        iterator = shards if hasattr(shards, "__next__") else self._shard_source(shards)()
+        added = 0
+        for ids, vectors, keys in iterator:
+            if len(ids):
+                meta = None if metadata is None else [{"key": k} for k in keys]
+                self.add(vectors, ids=ids, metadata=meta)
+                added += len(ids)
+        return added
 
     def search(self, queries, k=10):
         """Finds the k nearest stored vectors of each query.
@@ -246,4 +320,14 @@ def load_index(path):
     index._ids = arrays.pop("ids").astype(np.int64)
     index._metadata = list(header["metadata"])
     index._restore_vector_state(arrays)
+    counts = {"ids": len(index._ids), "metadata": len(index._metadata)}
+    stored = index._stored_count()
+    if stored is not None:
+        counts["vectors"] = stored
+    if len(set(counts.values())) > 1:
+        raise ValueError(
+            f"The index file {os.fspath(path)!r} is inconsistent: its arrays disagree in "
+            f"length ({', '.join(f'{k}: {v}' for k, v in counts.items())}); it was not "
+            "written by `save` or has been modified. Rebuild it and save it again."
+        )
     return index

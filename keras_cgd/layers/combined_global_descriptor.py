@@ -60,6 +60,16 @@ class CombinedGlobalDescriptor(keras.layers.Layer):
         gem_p: float, GeM exponent for "G" (3 in the paper).
         trainable_p: bool, learn the GeM exponent (fixed in the paper).
         kernel_initializer: initializer of the branch projections.
+        clamp: the letters among "S" and "G" whose pooling clamps
+            activations at 1e-6 before the power (see
+            `GeneralizedMeanPooling`). Default "G": SPoC is a plain mean
+            and GeM is clamped. The CGD reference (`leftthomas/CGD`) takes
+            SPoC as `x.mean(H, W)` and GeM as `sign(m)|m|^(1/p)` without a
+            clamp; on post-ReLU maps a clamped GeM differs from it by at most
+            1e-6, and the clamp keeps a trainable or non-integer p free of NaN.
+            `clamp=""` is the reference exactly (integer, fixed p only);
+            `clamp="SG"` is what earlier keras-cgd versions did (SPoC clamped too, which
+            shifts SPoC on backbones with negative activations).
 
     Call returns: tuple `(embedding, first_descriptor)` with shapes
     `(batch, embedding_dim)` (float32, unit norm) and `(batch, C)`.
@@ -82,10 +92,29 @@ class CombinedGlobalDescriptor(keras.layers.Layer):
         gem_p=3.0,
         trainable_p=False,
         kernel_initializer="glorot_uniform",
+        clamp="G",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.descriptors = validate_descriptors(descriptors)
+        if not isinstance(clamp, str) or set(clamp.upper()) - {"S", "G"}:
+            raise ValueError(
+                "Invalid value received for argument `clamp`. Expected a string of "
+                "letters from 'S' (SPoC) and 'G' (GeM) whose inputs are clamped at "
+                f"1e-6, e.g. 'G' (default), 'SG' or ''. Received: clamp={clamp!r}"
+            )
+        self.clamp = "".join(c for c in "SG" if c in clamp.upper())
+        if (
+            "G" in self.descriptors
+            and "G" not in self.clamp
+            and (trainable_p or float(gem_p) != round(float(gem_p)))
+        ):
+            raise ValueError(
+                "Invalid value received for argument `clamp`. An unclamped GeM "
+                "needs a fixed integer `gem_p` (a negative activation to a "
+                "non-integer power is NaN); add 'G' to `clamp`. Received: "
+                f"clamp={clamp!r} with gem_p={gem_p}, trainable_p={trainable_p}"
+            )
         n = len(self.descriptors)
         if (
             isinstance(embedding_dim, bool)
@@ -112,6 +141,7 @@ class CombinedGlobalDescriptor(keras.layers.Layer):
                 GeneralizedMeanPooling(
                     p=exponents[letter],
                     trainable_p=trainable_p and letter == "G",
+                    clamp=letter in self.clamp,
                     dtype=self.dtype_policy,
                     name=f"{name}_pool",
                 )
@@ -158,6 +188,7 @@ class CombinedGlobalDescriptor(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
+                "clamp": self.clamp,
             }
         )
         return config

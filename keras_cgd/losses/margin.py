@@ -26,6 +26,29 @@ def distance_weighted_log_weights(distances, dim, cutoff=0.5):
     return (2.0 - dim) * ops.log(d) - 0.5 * (dim - 3.0) * ops.log(inner)
 
 
+def _counts_with_replacement(weights, num_draws, seed):
+    """`(n, n)` int32 counts of `num_draws[i]` draws with replacement from row i of `weights`.
+
+    Inverse-CDF sampling without an `(n, n, n)` tensor: the `n` uniform draws of a row
+    (those beyond `num_draws[i]` moved past the end) are sorted together with the row's
+    cumulative weights; the number of draws below each cumulative weight, differenced,
+    counts the draws of each entry. Rows of zero weight get no draws.
+    """
+    n = ops.shape(weights)[0]
+    cdf = ops.cumsum(weights, axis=1)
+    total = cdf[:, -1:]
+    u = keras.random.uniform(ops.shape(weights), minval=1e-6, maxval=1.0 - 1e-6, seed=seed) * total
+    active = ops.less(ops.expand_dims(ops.arange(n, dtype="int32"), 0), num_draws)
+    u = ops.where(active, u, 2.0 * total + 1.0)
+    values = ops.concatenate([cdf, u], axis=1)
+    is_draw = ops.concatenate([ops.zeros_like(cdf), ops.ones_like(u)], axis=1)
+    order = ops.argsort(values, axis=1)
+    below = ops.cumsum(ops.take_along_axis(is_draw, order, axis=1), axis=1)
+    below = ops.take_along_axis(below, ops.argsort(order, axis=1), axis=1)[:, :n]
+    counts = below - ops.concatenate([ops.zeros_like(below[:, :1]), below[:, :-1]], axis=1)
+    return ops.cast(ops.where(ops.greater(total, 0.0), counts, 0.0), "int32")
+
+
 def distance_weighted_sampling(
     embeddings,
     instance_ids,
@@ -33,16 +56,28 @@ def distance_weighted_sampling(
     nonzero_loss_cutoff=1.4,
     seed=None,
 ):
-    """Choose, for every anchor, its positives and distance-weighted negatives.
+    r"""Choose, for every anchor, its positives and distance-weighted negatives.
 
     Positives of anchor i are all j≠i with the same instance id (the other
     augmented copies of the same image under repeated augmentation). As many
-    negatives as positives are drawn without replacement among the samples of
-    other ids at distance < `nonzero_loss_cutoff`, with probability ∝ w_ij
-    (`distance_weighted_log_weights`). An anchor with no such sample draws
-    uniformly among all its negatives. If fewer candidates than positives
-    exist, all candidates are taken. Sampling uses the Gumbel-top-k trick, so
-    it is one vectorised draw that runs under `jit` on every backend.
+    negatives as positives, `n_i`, are drawn among the samples of other ids at
+    distance < `nonzero_loss_cutoff` ("eligible"), with probability
+    p(j|i) = w_ij / Σ_k w_ik (`distance_weighted_log_weights`, normalised per
+    anchor as in Wu et al. 2017): without replacement when there are at least `n_i`
+    eligible negatives (Gumbel-top-k: one vectorised draw that runs under `jit`),
+    otherwise with replacement (a negative may be drawn more than once, and then
+    counts as often in the loss), as the MultiGrain code falls back to
+    `np.random.choice(..., replace=True)`. An anchor with no eligible negative draws
+    uniformly among all its negatives (again with replacement if there are fewer
+    than `n_i`).
+
+    Normalisation: MultiGrain's `DistanceWeightedSampling` subtracts the *global*
+    maximum of log w over the batch before `exp`. At dimension 2048 log w spans
+    about 1500 nats between d = 0.5 (log w ≈ 1484) and d = 1.4 (≈ 0), so every
+    negative's weight underflows to 0 in float32, each row sums to 0 (NaN after
+    the division), and the code's fallback samples negatives uniformly. Here the
+    maximum is taken per anchor over its eligible negatives (the paper's
+    p(j|i) ∝ 1/q(d_ij)), so the weighting is actually applied.
 
     Args:
         embeddings: `(n, dim)` L2-normalised embeddings.
@@ -53,8 +88,13 @@ def distance_weighted_sampling(
         seed: int, `keras.random.SeedGenerator` or None.
 
     Returns:
-        `(distances, positive_mask, negative_mask)`: `(n, n)` float32
-        distances `sqrt(d² + 1e-8)` and two boolean `(n, n)` masks.
+        `(distances, positive_mask, negative_counts)`: `(n, n)` float32
+        distances `sqrt(d² + 1e-8)`, the boolean `(n, n)` positive mask and
+        `(n, n)` int32 counts of the draws of each negative (each row sums to
+        `n_i` whenever the anchor has a negative).
+
+    Reference: Wu et al., "Sampling Matters in Deep Embedding Learning", ICCV
+    2017; MultiGrain `multigrain/modules/margin.py` (cutoff 0.5, 1.4).
     """
     pos, neg = label_masks(instance_ids)
     d = ops.sqrt(pairwise_squared_distances(embeddings) + 1e-8)
@@ -67,31 +107,41 @@ def distance_weighted_sampling(
     eligible = ops.where(has_eligible, eligible, neg)
     log_w = ops.where(has_eligible, log_w, 0.0)
     row_max = ops.max(ops.where(eligible, log_w, _NEG_INF), axis=1, keepdims=True)
+    n_pos = ops.sum(ops.cast(pos, "int32"), axis=1, keepdims=True)
+    # Without replacement: Gumbel-top-k over the eligible negatives.
     u = keras.random.uniform(ops.shape(d), minval=1e-7, maxval=1.0 - 1e-7, seed=seed)
     gumbel = -ops.log(-ops.log(u))
     scores = ops.where(eligible, log_w - row_max + gumbel, _NEG_INF)
     order = ops.argsort(-scores, axis=1)
     rank = ops.argsort(order, axis=1)
-    n_pos = ops.sum(ops.cast(pos, "int32"), axis=1, keepdims=True)
-    chosen = ops.logical_and(ops.less(rank, n_pos), eligible)
-    return d, pos, chosen
+    chosen = ops.cast(ops.logical_and(ops.less(rank, n_pos), eligible), "int32")
+    # With replacement, for anchors with fewer eligible negatives than positives.
+    weights = ops.where(eligible, ops.exp(ops.where(eligible, log_w - row_max, 0.0)), 0.0)
+    repeated = _counts_with_replacement(weights, n_pos, seed)
+    enough = ops.greater_equal(ops.sum(ops.cast(eligible, "int32"), axis=1, keepdims=True), n_pos)
+    return d, pos, ops.where(enough, chosen, repeated)
 
 
 def margin_loss_from_masks(distances, positive_mask, negative_mask, beta, alpha=0.2):
     r"""Margin loss of Wu et al. 2017 on given pairs.
 
-        l = [Σ_{(i,j)∈P} (d_ij − β + α)_+ + Σ_{(i,k)∈N} (β − d_ik + α)_+]
+        l = [Σ_{(i,j)∈P} (d_ij − β + α)_+ + Σ_{(i,k)∈N} c_ik (β − d_ik + α)_+]
             / max(#non-zero terms, 1)
+
+    `negative_mask` may hold counts c_ik (a negative drawn twice with replacement
+    is two terms); a boolean mask is counts of 0 and 1.
 
     Returns `(n,)` per-anchor values whose mean is `l`.
     """
     beta = ops.cast(beta, "float32")
-    pos_t = ops.relu(distances - beta + alpha) * ops.cast(positive_mask, "float32")
-    neg_t = ops.relu(beta - distances + alpha) * ops.cast(negative_mask, "float32")
-    count = ops.sum(ops.cast(pos_t > 0, "float32")) + ops.sum(
-        ops.cast(neg_t > 0, "float32")
+    pos_w = ops.cast(positive_mask, "float32")
+    neg_w = ops.cast(negative_mask, "float32")
+    pos_r = ops.relu(distances - beta + alpha)
+    neg_r = ops.relu(beta - distances + alpha)
+    count = ops.sum(pos_w * ops.cast(pos_r > 0, "float32")) + ops.sum(
+        neg_w * ops.cast(neg_r > 0, "float32")
     )
-    per_anchor = ops.sum(pos_t + neg_t, axis=1)
+    per_anchor = ops.sum(pos_r * pos_w + neg_r * neg_w, axis=1)
     n = ops.cast(ops.shape(per_anchor)[0], "float32")
     return per_anchor * n / ops.maximum(count, 1.0)
 

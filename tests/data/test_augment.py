@@ -106,3 +106,95 @@ def test_resize_for_test_modes():
         augment.resize_for_test(img)
     with pytest.raises(ValueError, match="longest_side"):
         augment.resize_for_test(img, longest_side=-3)
+
+
+def _step_by_step_colour(img, params, lighting=0.1):
+    """NumPy reference of MultiGrain's colour: torchvision ColorJitter steps in the drawn
+    order, each clamped to [0, 255], then Lighting ((x + 255 V(alpha*lambda)) / 1.1), clamped."""
+    f, order, alpha = params[:3], params[3:6].astype(int), params[6:9]
+    w = np.array([0.299, 0.587, 0.114])
+    x = img.astype(np.float64)
+    gray = lambda v: (v * w).sum(-1, keepdims=True)  # noqa: E731
+    for k in order:
+        if k == 0:
+            x = np.clip(f[0] * x, 0, 255)
+        elif k == 1:
+            x = np.clip(f[1] * x + (1 - f[1]) * gray(x).mean(), 0, 255)
+        else:
+            x = np.clip(f[2] * x + (1 - f[2]) * gray(x), 0, 255)
+    eigval = np.array([0.2175, 0.0188, 0.0045])
+    eigvec = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+    return np.clip((x + 255 * (eigvec @ (alpha * eigval))) / (1 + lighting), 0, 255)
+
+
+def test_folded_colour_equals_step_by_step_where_nothing_clips():
+    # mid-grey images: no step of ColorJitter 0.3 leaves [0, 255], so folding is exact
+    params = augment.multigrain_color_params(tf.constant([3, 1]), 40).numpy()
+    imgs = np.random.default_rng(0).uniform(90, 160, (40, 6, 5, 3)).astype("float32")
+    out = augment.folded_color_transform(imgs, params).numpy()
+    for img, p, o in zip(imgs, params, out):
+        np.testing.assert_allclose(o, _step_by_step_colour(img, p), atol=2e-3)
+
+
+def test_folded_colour_statistics_match_step_by_step_on_a_photo():
+    from skimage import data as skdata
+
+    photo = tf.image.resize(skdata.astronaut(), (48, 48), antialias=True).numpy()
+    params = augment.multigrain_color_params(tf.constant([1, 2]), 300).numpy()
+    ours = augment.folded_color_transform(np.repeat(photo[None], len(params), 0), params).numpy()
+    ref = np.stack([_step_by_step_colour(photo, p) for p in params])
+    # measured: mean |difference| 0.18 grey levels; channel means within 0.4, spreads within 0.4
+    assert np.abs(ours - ref).mean() < 0.4
+    np.testing.assert_allclose(ours.mean(axis=(0, 1, 2)), ref.mean(axis=(0, 1, 2)), atol=1.0)
+    np.testing.assert_allclose(ours.std(axis=(0, 1, 2)), ref.std(axis=(0, 1, 2)), atol=1.0)
+    np.testing.assert_allclose(np.percentile(ours, [1, 50, 99]), np.percentile(ref, [1, 50, 99]), atol=2.0)
+    assert ours.min() >= 0 and ours.max() <= 255
+
+
+def test_multigrain_colour_params_distribution():
+    p = augment.multigrain_color_params(tf.constant([7, 7]), 3000).numpy()
+    factors, order, alpha = p[:, :3], p[:, 3:6].astype(int), p[:, 6:]
+    assert factors.min() >= 0.7 and factors.max() <= 1.3
+    np.testing.assert_allclose(factors.mean(0), 1.0, atol=0.02)
+    np.testing.assert_allclose(factors.std(0), 0.6 / np.sqrt(12), atol=0.01)  # U(0.7, 1.3)
+    assert (np.sort(order, axis=1) == [0, 1, 2]).all()  # a permutation per image
+    _, freq = np.unique(order, axis=0, return_counts=True)
+    assert len(freq) == 6 and freq.min() > 3000 / 6 * 0.8
+    np.testing.assert_allclose(alpha.std(0), 0.1, atol=0.01)
+    np.testing.assert_allclose(alpha.mean(0), 0.0, atol=0.01)
+
+
+def test_folded_colour_uint8_is_the_float_map_rounded():
+    rng = np.random.default_rng(5)
+    imgs = rng.integers(0, 256, (4, 9, 7, 3), dtype=np.uint8)
+    params = augment.multigrain_color_params(tf.constant([0, 4]), 4)
+    out = augment.folded_color_transform_uint8(imgs, params).numpy()
+    ref = np.round(np.stack([_step_by_step_colour(i, p) for i, p in zip(imgs.astype(float), params.numpy())]))
+    assert out.dtype == np.uint8
+    flt = augment.folded_color_transform(imgs, params).numpy()
+    assert np.abs(out - np.round(flt)).max() <= 1  # XLA vs step-by-step TF float rounding
+    assert np.abs(out.astype(float) - ref).mean() < 2.0  # and near the step-by-step reference
+
+
+@pytest.mark.parametrize("size", [(40, 48), (64, 30), (150, 170)])
+def test_resize_bilinear_matches_pil_antialiased_bilinear(size):
+    from PIL import Image
+    from skimage import data as skdata
+
+    img = np.ascontiguousarray(skdata.astronaut()[::4, ::4][:100, :120])
+    ours = augment.resize_bilinear(img, size).numpy()
+    pil = np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR)).astype("float32")
+    # PIL rounds to uint8: within one grey level (plain bilinear is ~10 levels off when shrinking)
+    assert np.abs(ours - pil).max() <= 1.01 and np.abs(ours - pil).mean() < 0.4
+    plain = augment.resize_bilinear(img, size, antialias=False).numpy()
+    if size[0] > 100:  # enlarging: the antialiased kernel is the bilinear one
+        np.testing.assert_allclose(ours, plain, atol=1e-3)
+
+
+def test_random_resized_crop_windows_are_independent_rows():
+    wins = augment.random_resized_crop_windows(tf.constant([2, 3]), 300, 90, 160).numpy()
+    y, x, h, w = wins.T
+    assert (y >= 0).all() and (x >= 0).all() and (y + h <= 90).all() and (x + w <= 160).all()
+    area = h * w / (90 * 160)
+    assert area.min() >= 0.08 * 0.9 and area.max() <= 1.0 and area.std() > 0.15
+    assert len({tuple(r) for r in wins}) > 290  # rows differ

@@ -37,7 +37,7 @@ def test_class_balanced_batches_exact_composition():
     assert int(batches.cardinality()) == len(labels) // (p * k)
     seen = 0
     for images, y in batches.as_numpy_iterator():
-        assert images.shape == (p * k, 16, 16, 3) and images.dtype == np.float32
+        assert images.shape == (p * k, 16, 16, 3) and images.dtype == np.uint8
         idx = _decode_index(images)
         # labels are those of the images actually in the batch
         np.testing.assert_array_equal(y["logits"], labels[idx])
@@ -98,10 +98,10 @@ def test_repeated_augmentation_exact_composition_and_epochs():
     assert len(ids) == 100
     # successive random permutations: each image once per pass
     assert sorted(ids[:n].tolist()) == list(range(n)) and sorted(ids[n:].tolist()) == list(range(n))
-    with pytest.raises(ValueError, match="multiple of repeats"):
-        kdata.repeated_augmentation_batches(ds, 10, 3, image_size=16)
     with pytest.raises(ValueError, match="distinct images"):
         kdata.repeated_augmentation_batches(ds, 153, 3, image_size=16)
+    with pytest.raises(ValueError, match="repeats <= batch_size"):
+        kdata.repeated_augmentation_batches(ds, 2, 3, image_size=16)
 
 
 def test_repeated_augmentation_copies_independent_and_reproducible():
@@ -115,8 +115,8 @@ def test_repeated_augmentation_copies_independent_and_reproducible():
         b = [x for x, _ in make().as_numpy_iterator()]
         for xa, xb in zip(a, b):
             np.testing.assert_array_equal(xa, xb)  # same seed, same batches
-        x = a[0]
-        assert x.shape == (6, 24, 24, 3) and x.min() >= 0 and x.max() <= 255
+        x = a[0].astype(np.float32)
+        assert x.shape == (6, 24, 24, 3) and a[0].dtype == np.uint8
         for g in range(2):
             copies = x[3 * g : 3 * g + 3]
             for i in range(3):
@@ -237,3 +237,152 @@ def test_model_fit_on_batches():
                                 "logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
     hist = model.fit(batches, epochs=2, verbose=0)
     assert len(hist.history["loss"]) == 2 and np.isfinite(hist.history["loss"]).all()
+
+
+def _check_ra_stream(batches, n, b, m, labels):
+    """The epoch stream is MultiGrain's RASampler's: groups of m equal consecutive ids cut
+    into batches of b, no image in two groups of one batch, images drawn pass by pass."""
+    stream, per_batch = [], []
+    for images, y in batches.as_numpy_iterator():
+        ids = y["embedding"]
+        assert images.shape[0] == b and len(ids) == b
+        np.testing.assert_array_equal(_decode_index(images), ids)  # the pixels are those of the id
+        np.testing.assert_array_equal(y["logits"], labels[ids])
+        per_batch.append(ids)
+        stream.extend(ids.tolist())
+    stream = np.array(stream)
+    groups = [stream[g : g + m] for g in range(0, len(stream), m)]
+    assert all((grp == grp[0]).all() for grp in groups)  # copies consecutive (last group may be cut)
+    firsts = np.array([grp[0] for grp in groups])
+    for t, ids in enumerate(per_batch):  # groups touching batch t: distinct images
+        touching = firsts[(t * b) // m : ((t + 1) * b - 1) // m + 1]
+        assert len(set(touching.tolist())) == len(touching)
+    for start in range(0, len(firsts) - n + 1, n):  # each image once per pass
+        assert sorted(firsts[start : start + n].tolist()) == list(range(n))
+    return per_batch, firsts
+
+
+def test_repeated_augmentation_batch_not_a_multiple_of_repeats_straddles():
+    n, b, m = 20, 10, 3
+    labels = (np.arange(n) % 4).astype("int32")
+    ds = kdata.from_arrays(_coded_images(n), labels)
+    batches = kdata.repeated_augmentation_batches(ds, b, m, image_size=16, augmentation="none",
+                                                  epoch_length_factor=8.0, seed=2)
+    assert int(batches.cardinality()) == int(n * 8.0) // b
+    per_batch, firsts = _check_ra_stream(batches, n, b, m, labels)
+    # batch 0 ends inside group 3 (stream positions 9, 10, 11): one copy here, two in batch 1
+    assert per_batch[0][-1] == per_batch[1][0] == per_batch[1][1] == firsts[3]
+    assert len(firsts) == -(-len(per_batch) * b // m) and len(firsts) > 2 * n  # > 2 passes
+
+
+def test_repeated_augmentation_paper_batch_512_repeats_3():
+    n = 180
+    labels = (np.arange(n) % 9).astype("int32")
+    images = _coded_images(n, size=8)
+    batches = kdata.repeated_augmentation_batches(kdata.from_arrays(images, labels), 512, 3, image_size=8,
+                                                  augmentation="none", steps_per_epoch=2, seed=0)
+    per_batch, _ = _check_ra_stream(batches, n, 512, 3, labels)
+    assert [len(set(ids.tolist())) for ids in per_batch] == [171, 172]  # 170 triples + partial groups
+    with pytest.raises(ValueError, match="needs up to 172 distinct images"):
+        kdata.repeated_augmentation_batches(kdata.from_arrays(images[:171], labels[:171]), 512, 3,
+                                            image_size=8, steps_per_epoch=2)
+
+
+def test_plan_groups_matches_a_loop():
+    from keras_cgd.data.batching import plan_groups
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        plan = np.repeat(rng.integers(0, 4, 30), rng.integers(1, 5, 30))[:60]
+        b, copies = int(rng.integers(1, 13)), int(rng.integers(1, 5))
+        want, pos = [], 0
+        while pos < len(plan):  # runs of one index, cut at batch ends and every `copies`
+            end = pos + 1
+            while end < len(plan) and plan[end] == plan[pos] and end % b and end - pos < copies:
+                end += 1
+            want.append((pos, end - pos))
+            pos = end
+        starts, counts = plan_groups(plan, b, copies)
+        assert list(zip(starts.tolist(), counts.tolist())) == want
+
+
+def test_training_resize_is_antialiased_as_evaluation_and_pil():
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (4, 64, 48, 3), dtype=np.uint8)  # noise: aliasing shows
+    ds = kdata.from_arrays(images, [0, 0, 1, 1])
+    pil = np.stack([np.asarray(Image.fromarray(im).resize((12, 16), Image.BILINEAR)) for im in images])
+    test = np.concatenate([x for x, _ in kdata.inference_batches(ds, 4, image_size=(16, 12)).as_numpy_iterator()])
+    train = kdata.repeated_augmentation_batches(ds, 4, 1, image_size=(16, 12), augmentation="none",
+                                                epoch_length_factor=1.0, seed=0)
+    for x, y in train.as_numpy_iterator():
+        np.testing.assert_array_equal(x, test[y["embedding"]])  # train resizes as evaluation does
+        diff = np.abs(x.astype(float) - pil[y["embedding"]])
+        assert diff.max() <= 2 and diff.mean() < 0.6  # PIL's (antialiased) bilinear; plain bilinear: ~25
+
+
+def test_output_dtype_option():
+    images = np.random.default_rng(2).integers(0, 256, (8, 20, 20, 3), dtype=np.uint8)
+    ds = kdata.from_arrays(images, np.arange(8) % 2)
+    make = lambda **kw: kdata.class_balanced_batches(ds, 2, 2, image_size=12, augmentation="multigrain",  # noqa: E731
+                                                    steps_per_epoch=2, seed=4, **kw)
+    as_uint8 = [x for x, _ in make().as_numpy_iterator()]
+    as_float = [x for x, _ in make(dtype="float32").as_numpy_iterator()]
+    for u, f in zip(as_uint8, as_float):
+        assert u.dtype == np.uint8 and f.dtype == np.float32
+        np.testing.assert_array_equal(u.astype(np.float32), f)
+    test = kdata.inference_batches(ds, 8, image_size=12, dtype="float32")
+    x, _ = next(iter(test))
+    want = tf.image.resize(images, (12, 12), antialias=True).numpy()  # unrounded, as serving_bytes
+    np.testing.assert_allclose(x.numpy(), want, atol=1e-3)
+    for fn in (lambda: make(dtype="float16"), lambda: kdata.inference_batches(ds, 2, image_size=8, dtype="int8")):
+        with pytest.raises(ValueError, match="Expected one of \\('uint8', 'float32'\\)"):
+            fn()
+
+
+def test_jpeg_files_same_seed_same_batches_each_epoch(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    paths = []
+    yy, xx = np.mgrid[0:60, 0:80]
+    for i in range(6):
+        smooth = np.stack([(xx * (i + 1)) % 256, (yy * 3 + 40 * i) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+        noisy = np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255).astype(np.uint8)
+        paths.append(os.path.join(str(tmp_path), f"{i}.jpg"))
+        Image.fromarray(noisy).save(paths[-1], quality=92)
+    data = kdata.ImageDataset(np.arange(6) % 3, ["a", "b", "c"], paths=np.array(paths))
+
+    def epochs(seed):
+        batches = kdata.repeated_augmentation_batches(data, 6, 3, image_size=16, steps_per_epoch=1, seed=seed)
+        return [next(iter(batches))[0].numpy() for _ in range(2)]
+
+    first, again = epochs(9), epochs(9)
+    for xa, xb in zip(first, again):  # epoch e of one pipeline = epoch e of another with the seed
+        np.testing.assert_array_equal(xa, xb)
+    assert np.abs(first[0].astype(float) - first[1]).mean() > 1  # a new epoch, new batches
+    copies = first[0][:3].astype(float)  # one file decoded once, three independent crops
+    assert min(np.abs(copies[i] - copies[j]).mean() for i, j in [(0, 1), (0, 2), (1, 2)]) > 1
+
+
+def test_multigrain_crops_of_jpeg_files_stay_inside_their_box(tmp_path):
+    # Only the box (grey) may be decoded into the crops, never the stripes around it.
+    from PIL import Image
+
+    paths, boxes = [], []
+    for i in range(4):
+        arr = np.zeros((96, 112, 3), np.uint8)
+        arr[:, ::2] = 255  # 1-pixel stripes: any crop that reaches outside has a huge spread
+        y0, x0 = 16 * (i % 2 + 1), 16 * (i // 2 + 1)
+        arr[y0 : y0 + 48, x0 : x0 + 64] = 60 + 40 * i
+        paths.append(os.path.join(str(tmp_path), f"{i}.jpg"))
+        Image.fromarray(arr).save(paths[-1], quality=95)
+        boxes.append([x0 + 3, y0 + 3, x0 + 61, y0 + 45])  # 3 px margin against JPEG ringing
+    data = kdata.ImageDataset(np.arange(4) % 2, ["a", "b"], paths=np.array(paths), boxes=np.array(boxes, "float32"))
+    for batches in (kdata.repeated_augmentation_batches(data, 6, 3, image_size=16, steps_per_epoch=3, seed=1),
+                    kdata.class_balanced_batches(data, 2, 2, image_size=16, augmentation="multigrain",
+                                                 steps_per_epoch=3, seed=1)):
+        for x, _ in batches.as_numpy_iterator():
+            spread = x.astype(float).reshape(len(x), -1, 3).std(axis=1).max(axis=1)
+            assert spread.max() < 8, spread  # uniform crops (stripes: ~127)

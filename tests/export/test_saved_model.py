@@ -124,8 +124,12 @@ def test_existing_version_is_refused(cgd):
 def test_model_dir_that_is_a_file_is_refused(cgd, tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    with pytest.raises(ValueError, match="model_dir"):
+    with pytest.raises(ValueError, match="model_dir.*which is a file"):
         export_saved_model(cgd[0], target)
+    # Issue 14 item 8: `export model.keras a_file/sub` gave a NotADirectoryError traceback.
+    with pytest.raises(ValueError, match=r"model_dir=.*file/sub.*inside .*file'?, which is a file"):
+        export_saved_model(cgd[0], target / "sub" / "deeper")
+    assert target.read_text() == "x"
 
 
 def test_invalid_max_image_pixels_is_refused(cgd, tmp_path):
@@ -138,22 +142,55 @@ def test_invalid_max_image_pixels_is_refused(cgd, tmp_path):
 def test_request_pixel_budget_checked_before_decoding(cgd):
     _, _, path = cgd
     with open(os.path.join(path, "assets.extra", "keras_cgd.json")) as f:
-        assert json.load(f)["max_request_pixels"] == 200_000_000
+        facts = json.load(f)
+    assert facts["max_request_pixels"] == 200_000_000
+    assert facts["max_image_pixels"] == 25_000_000
     fn = tf.saved_model.load(path).signatures["serving_default"]
     small = _png(np.zeros((8, 8, 3), np.uint8))
-    # 4 × 49 MP declared (no real pixel data) + one real image: under the 200 MP
+    minimum = SIZE * SIZE  # an image costs at least its resized size
+    # 12 × 16 MP declared (no real pixel data) + one real image: under the 200 MP
     # budget, so the decoder reaches the fake images and fails on their data.
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
-        fn(image_bytes=tf.constant([small] + [huge_png(7000, 7000)] * 4))
+        fn(image_bytes=tf.constant([small] + [huge_png(4000, 4000)] * 12))
     assert "max_request_pixels" not in info.value.message
-    # 5 × 49 MP: refused as a whole, with the declared total.
+    # 13 × 16 MP: refused as a whole, with the total cost (the 8 × 8 image counts 64 × 64).
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
-        fn(image_bytes=tf.constant([small] + [huge_png(7000, 7000)] * 5))
+        fn(image_bytes=tf.constant([small] + [huge_png(4000, 4000)] * 13))
     assert "max_request_pixels=200000000" in info.value.message
-    assert str(5 * 7000 * 7000 + 64) in info.value.message
+    assert str(13 * 4000 * 4000 + minimum) in info.value.message
+    # A 7000 × 7000 header (49 MP) is over the per-image cap.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels=25000000"):
+        fn(image_bytes=tf.constant([huge_jpeg(7000, 7000)]))
     # Header values whose product overflows int64 are still refused per image.
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
         fn(image_bytes=tf.constant([huge_png(2**32 - 1, 2**32 - 1)]))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="same TF-side graph; the JAX subprocess path is covered above (time budget)",
+)
+def test_tiny_images_cost_their_resized_size(tmp_path):
+    """Many 1 × 1 PNGs are not free: each costs SIZE × SIZE of the request budget."""
+    model = keras_cgd.build_model("cgd_tiny", num_classes=5)
+    budget = 10 * SIZE * SIZE
+    path = export_saved_model(model, tmp_path / "m", max_request_pixels=budget)
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    tiny = _png(np.full((1, 1, 3), 200, np.uint8))
+    out = fn(image_bytes=tf.constant([tiny] * 10))["embedding"].numpy()
+    want = model.predict(np.full((1, SIZE, SIZE, 3), 200, np.float32), verbose=0)["embedding"]
+    np.testing.assert_allclose(out, np.repeat(want, 10, axis=0), atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        fn(image_bytes=tf.constant([tiny] * 11))
+    assert f"max_request_pixels={budget}" in info.value.message
+    assert str(11 * SIZE * SIZE) in info.value.message
+    # Non-UTF-8 bytes (a WebP) are named by their first byte values, not raw bytes,
+    # so the error message is text.
+    webp = b"RIFF\x8e\x01\x00\x00WEBPVP8 "
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        fn(image_bytes=tf.constant([webp]))
+    assert "only JPEG and PNG" in info.value.message
+    assert "82 73 70 70 142 1 0 0" in info.value.message  # R I F F 0x8e 0x01 0 0
 
 
 @pytest.mark.skipif(

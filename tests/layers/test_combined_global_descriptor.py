@@ -87,3 +87,30 @@ def test_mixed_precision(policy):
     emb = to_numpy(emb).astype("float32")
     assert np.all(np.isfinite(emb))
     np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=2e-2)
+
+
+def test_spoc_is_a_plain_mean_and_gem_clamped_by_default():
+    # CGD reference: SPoC = x.mean(H, W), also for negative activations.
+    x = np.random.default_rng(5).normal(-0.3, 1.0, (2, 3, 3, 4)).astype("float32")
+    _, first = CombinedGlobalDescriptor("SG", embedding_dim=8)(x)
+    np.testing.assert_allclose(to_numpy(first), x.mean(axis=(1, 2)), rtol=1e-5, atol=1e-7)
+    _, first = CombinedGlobalDescriptor("GS", embedding_dim=8)(x)
+    np.testing.assert_allclose(to_numpy(first), pool_numpy(x.astype("float64"), "G"), rtol=1e-5)
+    # clamp="": GeM as leftthomas/CGD, sign(m)|m|^(1/3) with m = mean(x^3)
+    _, first = CombinedGlobalDescriptor("GS", embedding_dim=8, clamp="")(x)
+    m = np.mean(x.astype("float64") ** 3, axis=(1, 2))
+    np.testing.assert_allclose(to_numpy(first), np.sign(m) * np.abs(m) ** (1 / 3), rtol=1e-5, atol=1e-7)
+    # clamp="SG": SPoC clamped as well
+    _, first = CombinedGlobalDescriptor("SG", embedding_dim=8, clamp="SG")(x)
+    np.testing.assert_allclose(to_numpy(first), np.maximum(x, 1e-6).mean(axis=(1, 2)), rtol=1e-5)
+    run_serialization_test(CombinedGlobalDescriptor("SG", embedding_dim=8, clamp="SG"))
+
+
+def test_clamp_argument_errors():
+    with pytest.raises(ValueError, match=r"Received: clamp='M'"):
+        CombinedGlobalDescriptor("SMG", embedding_dim=12, clamp="M")
+    with pytest.raises(ValueError, match=r"gem_p=2.5"):
+        CombinedGlobalDescriptor("SG", embedding_dim=8, gem_p=2.5, clamp="")
+    with pytest.raises(ValueError, match=r"trainable_p=True"):
+        CombinedGlobalDescriptor("SG", embedding_dim=8, trainable_p=True, clamp="S")
+    CombinedGlobalDescriptor("SM", embedding_dim=8, trainable_p=True, clamp="")  # no GeM branch: fine

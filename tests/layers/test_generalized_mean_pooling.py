@@ -112,3 +112,90 @@ def test_serialization_and_saving(tmp_path):
     layer.p.assign(4.2)
     restored = run_layer_saving_test(layer, x, tmp_path)
     assert float(to_numpy(restored.layers[-1].p)) == pytest.approx(4.2)
+
+
+def gem_unclamped_numpy(x, p):
+    """leftthomas/CGD: sign(m) |m|^(1/p), m = mean(x^p) (p=1: the plain mean)."""
+    m = np.mean(x.astype(np.float64) ** p, axis=(1, 2))
+    return np.sign(m) * np.abs(m) ** (1.0 / p)
+
+
+def input_gradient(layer, x, w):
+    """d sum(w * layer(x)) / dx with the backend's autodiff."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(layer(xt) * w)
+        return tape.gradient(loss, xt).numpy()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda v: (layer(v) * w).sum())(x))
+    pytest.skip(f"no input gradient helper for backend {backend}")
+
+
+def gem_gradient_numpy(x, p, w, eps=1e-6, clamp=True):
+    """Closed form: d f_c / d x_u = x_u^(p-1) m^(1/p - 1) / |Ω| (0 where clamped)."""
+    x = x.astype(np.float64)
+    xc = np.maximum(x, eps) if clamp else x
+    n = x.shape[1] * x.shape[2]
+    m = np.mean(xc**p, axis=(1, 2), keepdims=True)
+    root = np.abs(m) ** (1.0 / p - 1.0)  # d (sign(m)|m|^(1/p)) / dm = |m|^(1/p - 1) / p
+    g = xc ** (p - 1) * root / n * w[:, None, None, :]
+    return np.where(x > eps, g, 0.0) if clamp else g
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 4.0])
+@pytest.mark.parametrize("clamp", [True, False])
+def test_fixed_integer_p_outputs_and_gradients_match_closed_form(p, clamp):
+    rng = np.random.default_rng(int(p) + 10 * clamp)
+    x = rng.normal(0.5, 1.0, (2, 4, 5, 3)).astype("float32")  # negatives: the clamp matters
+    if p % 2 == 0 and not clamp:
+        x = np.abs(x) + 0.05  # m > 0 for even p; keep the gradient away from |m| = 0
+    w = rng.normal(size=(2, 3)).astype("float32")
+    fast = GeneralizedMeanPooling(p=p, clamp=clamp)  # fixed p: the fast path
+    general = GeneralizedMeanPooling(p=p, clamp=clamp, trainable_p=True) if clamp else None
+    want = gem_numpy(x, p) if clamp else gem_unclamped_numpy(x, p)
+    np.testing.assert_allclose(to_numpy(fast(x)), want, rtol=2e-5, atol=1e-6)
+    want_grad = gem_gradient_numpy(x, p, w, clamp=clamp)
+    np.testing.assert_allclose(input_gradient(fast, x, w), want_grad, rtol=2e-4, atol=1e-6)
+    if general is not None:  # the general (power) path gives the same
+        np.testing.assert_allclose(to_numpy(general(x)), want, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(input_gradient(general, x, w), want_grad, rtol=2e-4, atol=1e-6)
+
+
+def test_p_assigned_after_compiling_predict_is_used():
+    # The fast path is chosen at run time: a p* assigned after `predict` compiled its
+    # function must still be the p the model uses.
+    x = np.random.rand(3, 4, 4, 2).astype("float32") + 0.1
+    inputs = keras.Input((4, 4, 2))
+    pool = GeneralizedMeanPooling(p=3.0)
+    model = keras.Model(inputs, pool(inputs))
+    np.testing.assert_allclose(model.predict(x, verbose=0), gem_numpy(x, 3.0), rtol=1e-5)
+    pool.p.assign(4.5)
+    np.testing.assert_allclose(model.predict(x, verbose=0), gem_numpy(x, 4.5), rtol=1e-5)
+    pool.p.assign(3.0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), gem_numpy(x, 3.0), rtol=1e-5)
+
+
+def test_spoc_without_clamp_is_the_plain_mean_of_negative_maps():
+    x = np.random.default_rng(3).normal(-0.5, 1.0, (2, 3, 4, 5)).astype("float32")
+    out = to_numpy(GeneralizedMeanPooling(p=1.0, clamp=False)(x))
+    np.testing.assert_allclose(out, x.mean(axis=(1, 2)), rtol=1e-5, atol=1e-7)
+    clamped = to_numpy(GeneralizedMeanPooling(p=1.0)(x))  # default clamp=True: mean of max(x, 1e-6)
+    np.testing.assert_allclose(clamped, np.maximum(x, 1e-6).mean(axis=(1, 2)), rtol=1e-5)
+
+
+def test_clamp_false_needs_a_fixed_integer_p():
+    with pytest.raises(ValueError, match=r"clamp=False with p=2.5"):
+        GeneralizedMeanPooling(p=2.5, clamp=False)
+    with pytest.raises(ValueError, match=r"trainable_p=True"):
+        GeneralizedMeanPooling(p=3.0, clamp=False, trainable_p=True)
+    with pytest.raises(TypeError, match=r"Received: clamp='no'"):
+        GeneralizedMeanPooling(p=3.0, clamp="no")
+    GeneralizedMeanPooling(p=float("inf"), clamp=False)  # MAC never clamps
+    run_serialization_test(GeneralizedMeanPooling(p=3.0, clamp=False))

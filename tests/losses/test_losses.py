@@ -100,7 +100,7 @@ def margin_numpy(d, pos, neg, beta, alpha):
         for j in range(n):
             if pos[i, j]:
                 terms.append(max(0.0, d[i, j] - beta + alpha))
-            if neg[i, j]:
+            for _ in range(int(neg[i, j])):  # counts: a negative drawn twice is two terms
                 terms.append(max(0.0, beta - d[i, j] + alpha))
     nonzero = sum(t > 0 for t in terms)
     return sum(terms) / max(nonzero, 1)
@@ -138,11 +138,42 @@ def test_margin_sampling_masks_follow_the_rules():
         assert sorted(np.flatnonzero(pos[i])) == same
         chosen = np.flatnonzero(neg[i])
         candidates = np.flatnonzero(w[i] > 0)
-        assert len(chosen) == min(len(same), len(candidates))
+        assert neg[i].sum() == len(same)  # as many negatives as positives
+        if len(candidates) >= len(same):
+            assert neg[i].max() == 1  # without replacement
         assert set(chosen) <= set(candidates)
     # the loss on these pairs equals the brute-force sum
     got = float(np.mean(to_numpy(margin_loss_from_masks(d, pos, neg, 1.2, 0.2))))
     assert got == pytest.approx(margin_numpy(d_np, pos, neg, 1.2, 0.2), rel=1e-5)
+
+
+def compiled_negative_sampler(emb, ids, seed):
+    """A function drawing `distance_weighted_sampling(emb, ids)[2]` (the negative counts)
+    with a fresh state of one `SeedGenerator` per call, compiled once (tf.function / jit),
+    so that thousands of draws are cheap."""
+    gen = keras.random.SeedGenerator(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        fn = tf.function(lambda: distance_weighted_sampling(emb, ids, seed=gen)[2])
+        return lambda: fn().numpy()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def step(state):
+            with keras.StatelessScope(state_mapping=[(gen.state, state)]) as scope:
+                neg = distance_weighted_sampling(emb, ids, seed=gen)[2]
+                return neg, scope.get_current_value(gen.state)
+
+        jitted = jax.jit(step)
+        holder = [gen.state.value]
+
+        def draw():
+            neg, holder[0] = jitted(holder[0])
+            return np.asarray(neg)
+
+        return draw
+    return lambda: to_numpy(distance_weighted_sampling(emb, ids, seed=gen)[2])
 
 
 def test_margin_sampling_distribution_matches_weights():
@@ -152,12 +183,11 @@ def test_margin_sampling_distribution_matches_weights():
     ids = np.array([0, 0, 1, 2, 3, 4, 5, 6])
     emb = l2n(rng.normal(size=(8, 4))).astype("float32")
     _, w = dws_weights_numpy(emb.astype("float64"), ids)
-    seed = keras.random.SeedGenerator(7)
+    sample = compiled_negative_sampler(emb, ids, 7)
     counts = np.zeros(8)
     draws = 3000
     for _ in range(draws):
-        _, _, neg = distance_weighted_sampling(emb, ids, seed=seed)
-        counts += to_numpy(neg)[0]
+        counts += sample()[0]
     freq = counts / draws
     assert np.all(freq[w[0] == 0] == 0)
     np.testing.assert_allclose(freq, w[0], atol=0.035)
@@ -170,6 +200,65 @@ def test_margin_fallback_uniform_when_no_negative_is_close():
     _, pos, neg = (to_numpy(t) for t in distance_weighted_sampling(emb, ids, seed=0))
     assert neg.sum(axis=1).tolist() == [1, 1, 1, 1]
     assert not np.any(neg & (ids[:, None] == ids[None]))
+
+
+def reference_sampler_numpy(w, ids, rng):
+    """The MultiGrain rule for one draw: per anchor, len(same) - 1 negatives from p = w[i],
+    without replacement, or with replacement when that is impossible."""
+    n = len(ids)
+    counts = np.zeros((n, n), int)
+    for i in range(n):
+        k = int(np.sum(ids == ids[i])) - 1
+        try:
+            picks = rng.choice(n, k, p=w[i], replace=False)
+        except ValueError:  # fewer non-zero entries in p than k
+            picks = rng.choice(n, k, p=w[i])
+        np.add.at(counts[i], picks, 1)
+    return counts
+
+
+def test_margin_sampling_with_replacement_when_too_few_negatives_are_eligible():
+    # Instance 0 has 3 copies (2 positives each) but only one eligible negative (sample 3);
+    # sample 4 is antipodal (d = 2 > 1.4). The reference draws that negative twice.
+    emb = l2n(np.array([[1, 0.0, 0], [1, 0.05, 0], [1, 0, 0.05], [0.3, 1, 0], [-1, 0, 0]])).astype("float32")
+    ids = np.array([0, 0, 0, 1, 2])
+    _, w = dws_weights_numpy(emb.astype("float64"), ids)
+    expected = reference_sampler_numpy(w, ids, np.random.default_rng(0))
+    _, pos, neg = (to_numpy(t) for t in distance_weighted_sampling(emb, ids, seed=0))
+    assert neg[:3].tolist() == expected[:3].tolist() == [[0, 0, 0, 2, 0]] * 3
+    # uniform fallback (nothing eligible) with fewer negatives than positives: also repeated
+    far = np.array([[1, 0], [1, 0], [1, 0.01], [-1, 0]], "float32")
+    _, _, neg = (to_numpy(t) for t in distance_weighted_sampling(l2n(far), np.array([0, 0, 0, 1]), seed=0))
+    assert neg[:3, 3].tolist() == [2, 2, 2] and neg[:3, :3].sum() == 0
+    # the loss counts a pair drawn twice twice
+    d = to_numpy(distance_weighted_sampling(emb, ids, seed=0)[0])
+    got = float(np.mean(to_numpy(margin_loss_from_masks(d, pos, expected, 1.2, 0.2))))
+    assert got == pytest.approx(margin_numpy(d, pos, expected, 1.2, 0.2), rel=1e-5)
+
+
+def test_margin_sampling_with_replacement_follows_the_reference_distribution():
+    # 4 positives per anchor of instance 0 and 3 eligible negatives of unequal weights:
+    # counts of the reference rule are Multinomial(4, w); compare mean counts over draws.
+    rng = np.random.default_rng(3)
+    base = np.array([1.0, 0, 0, 0])
+    copies = [base + 0.02 * rng.normal(size=4) for _ in range(5)]
+    negs = [np.array([0.8, 0.6, 0, 0]), np.array([0.2, 1, 0, 0]), np.array([0.1, 0.7, 0.7, 0])]
+    emb = l2n(np.stack(copies + negs)).astype("float32")
+    ids = np.array([0] * 5 + [1, 2, 3])
+    _, w = dws_weights_numpy(emb.astype("float64"), ids)
+    assert np.count_nonzero(w[0]) == 3 and w[0, 5:].min() > 0.05
+    draws = 1000
+    ref = np.mean([reference_sampler_numpy(w, ids, rng)[0] for _ in range(draws)], axis=0)
+    sample = compiled_negative_sampler(emb, ids, 11)
+    ours = np.zeros(8)
+    for _ in range(draws):
+        neg = sample()
+        assert neg[0].sum() == 4
+        ours += neg[0]
+    ours /= draws
+    np.testing.assert_allclose(ref, 4 * w[0], atol=0.12)  # the brute force is Multinomial(4, w)
+    np.testing.assert_allclose(ours, ref, atol=0.15)
+    np.testing.assert_allclose(ours, 4 * w[0], atol=0.12)
 
 
 def test_margin_loss_class_and_bound_beta():

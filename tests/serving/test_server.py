@@ -211,20 +211,27 @@ def test_bad_images_are_400_and_server_survives(server, images):
         r = post(server, "/v1/models/cgd:predict", {"instances": [b64(images["png"]), b64(data)]})
         assert r.status_code == 400, (name, r.text)
         assert list(r.json()) == ["error"]
+        message = r.json()["error"]
+        assert "instance 1 of input 'image_bytes'" in message, r.text
+        assert "Graph execution" not in message and "node" not in message, r.text
         if name.startswith("huge"):
-            assert "max_image_pixels" in r.json()["error"], r.text
+            assert "20000 × 20000 = 400000000 pixels" in message, r.text
+            assert "max_image_pixels=25000000" in message, r.text
         if name == "not an image":
-            assert "expected JPEG or PNG" in r.json()["error"], r.text
+            assert "only JPEG and PNG images are accepted" in message, r.text
+        if name == "truncated":
+            assert "cannot be decoded" in message and "PNG" in message, r.text
     r = post(server, "/v1/models/cgd:predict", {"inputs": [b64(images["png"])]})
     assert r.status_code == 200
 
 
 def test_request_pixel_budget_is_400_before_decoding(server, images):
-    # Five tiny PNGs declaring 49 MP each: each passes max_image_pixels (50 MP) but
+    # 13 tiny PNGs declaring 16 MP each: each passes max_image_pixels (25 MP) but
     # together they exceed the default max_request_pixels (200 MP).
-    huge = [b64(huge_png(7000, 7000)) for _ in range(5)]
+    huge = [b64(huge_png(4000, 4000)) for _ in range(13)]
     r = post(server, "/v1/models/cgd:predict", {"instances": [b64(images["png"])] + huge})
     check_error(r, 400, "max_request_pixels=200000000")
+    assert f"cost {13 * 4000 * 4000 + 64 * 64} pixels" in r.json()["error"]
     assert "max_image_pixels" not in r.json()["error"]
     r = post(server, "/v1/models/cgd:predict", {"inputs": [b64(images["png"])]})
     assert r.status_code == 200

@@ -13,8 +13,8 @@ from keras_cgd.evaluation import classification_accuracy
 from keras_cgd.evaluation import gem_p_override
 from keras_cgd.evaluation import resize_longest_side
 from keras_cgd.evaluation.classification import resize_center_crop
-from keras_cgd.evaluation.classification_cli import add_arguments
-from keras_cgd.evaluation.classification_cli import run
+from keras_cgd.cli.classification import add_arguments
+from keras_cgd.cli.classification import run
 
 CLASSES = ["n01", "n02", "n03", "n04"]
 
@@ -111,7 +111,7 @@ def test_unreadable_image_is_named(model, tmp_path):
         classification_accuracy(model, str(root), ks=(1,), progress=False)
 
 
-def test_cli_function_prints_top_k(model, folder, tmp_path):
+def test_cli_function_prints_top_k(model, folder, tmp_path, capsys):
     path = str(tmp_path / "model.keras")
     model.save(path)
     names = tmp_path / "synsets.txt"
@@ -121,8 +121,8 @@ def test_cli_function_prints_top_k(model, folder, tmp_path):
     add_arguments(parser)
     args = parser.parse_args([path, "--classification", folder, "--image-size", "32", "--gem-p", "2",
                               "--top-k", "1", "2", "--class-names", str(names)])
-    lines = []
-    assert run(args, print_fn=lines.append) == 0
+    assert run(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
     expected, _ = brute_force(model, folder, CLASSES, 32, 2.0, (1, 2))
-    assert lines[1] == f"top-1 {100 * expected['top1']:.2f}%  top-2 {100 * expected['top2']:.2f}%"
-    assert "12 images, 4 classes, s*=32 (longest side), p*=2.0" in lines[0]
+    assert lines[-1] == f"top-1 {100 * expected['top1']:.2f}%  top-2 {100 * expected['top2']:.2f}%"
+    assert "12 images, 4 classes, s*=32 (longest side), p*=2.0" in lines[-2]

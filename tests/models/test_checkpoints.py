@@ -8,7 +8,6 @@ from the papers' definitions.
 
 import hashlib
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -21,6 +20,7 @@ from keras_cgd.models.presets import PRESETS
 from keras_cgd.weights import CheckpointError
 from keras_cgd.weights import WeightMappingError
 from keras_cgd.weights import read_state_dict
+from tests.testing import run_model_saving_test
 from tests.torch_runner import torch_reference
 
 SIZE = 64
@@ -79,6 +79,13 @@ def test_matches_pytorch(name, ref, loaded):
     else:
         assert isinstance(model, keras_cgd.models.MultiGrainModel)
         assert config["whitening"] and config["num_classes"] == 1000 and config["gem_p"] == 3.0
+
+
+def test_loaded_model_round_trips_through_keras_file(loaded, ref, tmp_path):
+    model = loaded("multigrain_whitened")
+    restored = run_model_saving_test(model, ref["images"], tmp_path, atol=1e-5)
+    assert restored.get_config()["whitening"] is True
+    assert restored.get_layer("pca_whitening").get_config()["norm_epsilon"] == 1e-6
 
 
 def test_multigrain_preset_from_a_pinned_url(ref, tmp_path, monkeypatch):

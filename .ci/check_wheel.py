@@ -46,7 +46,11 @@ def _step(message):
 
 def _run(cmd, cwd=None, env=None, timeout=900):
     start = time.time()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise SystemExit(f"[check_wheel] FAILED (over {timeout} s): {' '.join(map(str, cmd))}\n"
+                         f"{(e.stdout or b'')[-3000:]!r}\n{(e.stderr or b'')[-3000:]!r}")
     if proc.returncode != 0:
         raise SystemExit(f"[check_wheel] FAILED ({proc.returncode}): {' '.join(map(str, cmd))}\n"
                          f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
@@ -136,7 +140,8 @@ def make_venv(work, deps):
 
 def check_cli(python, env, wheel, work):
     """Installs the wheel and runs the CLI from an empty directory; returns timings."""
-    _, seconds = _run([python, "-m", "pip", "install", "-q", wheel], env=env)
+    # From PyPI this downloads TensorFlow (about 600 MB) and its dependencies.
+    _, seconds = _run([python, "-m", "pip", "install", "-q", wheel], env=env, timeout=3600)
     _step(f"installed {os.path.basename(wheel)} into a fresh venv ({seconds:.0f} s)")
     cwd = os.path.join(work, "cwd")
     os.makedirs(cwd)
@@ -178,7 +183,7 @@ def check_notebooks(python, env, wheel, work, deps, backend="tensorflow"):
     import nbformat
 
     if deps == "pypi":
-        _run([python, "-m", "pip", "install", "-q", "ipykernel"], env=env)
+        _run([python, "-m", "pip", "install", "-q", "ipykernel"], env=env, timeout=1800)
     kernels = os.path.join(work, "jupyter", "kernels", "keras-cgd-wheel")
     os.makedirs(kernels)
     with open(os.path.join(kernels, "kernel.json"), "w") as f:

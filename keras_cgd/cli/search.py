@@ -88,7 +88,7 @@ def run(args):
     if args.gallery is not None and not os.path.isdir(args.gallery):
         training.check_dataset_spec(args.gallery)
     model = training.load_model(args.model)
-    size = int(model.input_shape[1])
+    size = training.model_image_size(model)
     small = training.small_from_env() if args.small is None else args.small
     gallery = None
     if args.index and os.path.isfile(args.index) and args.gallery is None:

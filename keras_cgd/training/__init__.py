@@ -25,6 +25,7 @@ Example:
 >>> result["recall_after"], result["export_path"]
 """
 
+from keras_cgd.training.config import BOX_DATASETS
 from keras_cgd.training.config import SMALL_ENV
 from keras_cgd.training.config import TrainConfig
 from keras_cgd.training.config import check_descriptors
@@ -46,10 +47,11 @@ from keras_cgd.training.run_state import read_state
 from keras_cgd.training.scoring import embed
 from keras_cgd.training.scoring import evaluate
 from keras_cgd.training.scoring import format_recall
+from keras_cgd.training.scoring import model_image_size
 
 __all__ = [
-    "BUILTIN_DATASETS", "SMALL_ENV", "STANDARD_DATASETS", "STATE_FILENAME", "DatasetSplits",
+    "BOX_DATASETS", "BUILTIN_DATASETS", "SMALL_ENV", "STANDARD_DATASETS", "STATE_FILENAME", "DatasetSplits",
     "TrainConfig", "check_dataset_spec", "check_descriptors", "dataset_choices", "embed",
-    "evaluate", "format_recall", "load_model", "read_state", "resolve_dataset",
+    "evaluate", "format_recall", "load_model", "model_image_size", "read_state", "resolve_dataset",
     "resolve_settings", "run_dir_for", "small_from_env", "train", "training_args",
 ]

@@ -3,11 +3,21 @@
 import numpy as np
 
 
+def model_image_size(model):
+    """The square side a model embeds at: its fixed input height, else (variable-size
+    models, e.g. MultiGrain) `model.preprocessing["image_size"]`, else 224."""
+    size = model.input_shape[1]
+    if size is None:
+        size = (getattr(model, "preprocessing", None) or {}).get("image_size", [None])[0]
+    return int(size or 224)
+
+
 def embed(model, dataset, image_size=None, batch_size=64):
-    """`(N, D)` embeddings of an `ImageDataset` (in-memory arrays or files)."""
+    """`(N, D)` embeddings of an `ImageDataset` (in-memory arrays or files), resized
+    to `image_size` (default `model_image_size(model)`)."""
     from keras_cgd import data
 
-    size = image_size or model.input_shape[1]
+    size = image_size or model_image_size(model)
     if dataset.images is not None and dataset.images.shape[1:3] == (size, size):
         return np.asarray(model.predict(dataset.images, batch_size=batch_size, verbose=0)["embedding"])
     batches = data.inference_batches(dataset, batch_size, image_size=size)

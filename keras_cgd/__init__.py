@@ -1,7 +1,7 @@
 """keras-cgd: CGD and MultiGrain image embeddings for Keras 3.
 
 Public API: `build_model`, `list_presets`, `get_preset`, `load_model`, and the
-subpackages `layers`, `losses`, `models`, `weights`, `data`, `evaluation`, `index`,
+subpackages `layers`, `losses`, `models`, `optimizers`, `weights`, `data`, `evaluation`, `index`,
 `export`, `serving`, `training`, `distribute`.
 
 Imports are lazy: `import keras_cgd` costs nothing, and each subpackage is imported on
@@ -18,7 +18,7 @@ __version__ = "0.2.0"
 
 _SUBPACKAGES = (
     "data", "distribute", "evaluation", "export", "index", "layers", "losses", "models",
-    "serving", "training", "weights",
+    "optimizers", "serving", "training", "weights",
 )
 _FROM_MODELS = ("build_model", "get_preset", "list_presets")
 

@@ -234,6 +234,14 @@ def add_dataset(parser, default="photo_views", required=False):
     )
 
 
+def add_crop_to_box(parser):
+    parser.add_argument(
+        "--crop-to-box", action=argparse.BooleanOptionalAction, default=None,
+        help="CUB-200 / CARS196: crop images to their bounding boxes (default: the preset's "
+        "choice, cropped, as the CGD paper's numbers)",
+    )
+
+
 def add_backend(parser):
     parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None,
                         help="Keras backend (sets KERAS_BACKEND before Keras is imported)")

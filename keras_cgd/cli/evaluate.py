@@ -2,6 +2,7 @@
 
 from keras_cgd.cli._common import Output
 from keras_cgd.cli._common import add_backend
+from keras_cgd.cli._common import add_crop_to_box
 from keras_cgd.cli._common import add_dataset
 from keras_cgd.cli._common import positive_int
 
@@ -17,6 +18,7 @@ def add_parser(sub):
     add_dataset(p)
     p.add_argument("--ks", type=positive_int, nargs="+", default=[1, 2, 4, 8], help="K values of Recall@K")
     p.add_argument("--small", action="store_true", default=None, help="test-sized built-in data")
+    add_crop_to_box(p)
     add_backend(p)
     p.set_defaults(run=run)
     return p
@@ -32,8 +34,12 @@ def run(args):
     out.log(f"loaded {'SavedModel' if kind == 'saved_model' else 'Keras model'} {target} "
             f"({model.input_shape[1]} px)")
     small = training.small_from_env() if args.small is None else args.small
-    splits = training.resolve_dataset(args.dataset, model.input_shape[1], small)
+    crop = True if args.crop_to_box is None else args.crop_to_box
+    splits = training.resolve_dataset(args.dataset, training.model_image_size(model), small, crop_to_box=crop)
     scores = training.evaluate(model, splits, args.ks, with_map=True, progress=out.show_progress())
     out.log(f"{splits.name}: {len(splits.test)} test images, {splits.test.num_classes} classes")
+    if splits.name in training.BOX_DATASETS:
+        out.log("bounding boxes: " + ("images cropped to their boxes" if splits.test.boxes is not None
+                                      else "not used (uncropped images)"))
     out.result(training.format_metrics(scores))
     return 0

@@ -93,7 +93,7 @@ def run(args):
         training.check_dataset_spec(args.gallery)
     _, target = training.describe_model_path(args.model)
     model = training.load_embedder(args.model)
-    size = int(model.input_shape[1])
+    size = training.model_image_size(model)
     out.log(f"loaded {target} ({size} px)")
     small = training.small_from_env() if args.small is None else args.small
     gallery = None

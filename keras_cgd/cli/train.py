@@ -1,6 +1,7 @@
 """`keras-cgd train`: train (or resume), evaluate Recall@K before and after, export."""
 
 from keras_cgd.cli._common import add_backend
+from keras_cgd.cli._common import add_crop_to_box
 from keras_cgd.cli._common import add_dataset
 from keras_cgd.cli._common import positive_int
 
@@ -33,6 +34,7 @@ def add_parser(sub):
     p.add_argument("--steps-per-epoch", type=positive_int, default=None)
     p.add_argument("--learning-rate", "--lr", type=float, default=None)
     p.add_argument("--augmentation", default=None, help="cgd, multigrain, flip or none")
+    add_crop_to_box(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--small", action="store_true", default=None,
                    help="test-sized settings: 32 px, few images and steps (also KERAS_CGD_SMALL=1)")
@@ -56,7 +58,8 @@ def run(args):
         weights=args.weights, epochs=args.epochs, batching=args.batching,
         classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
         batch_size=args.batch_size, repeats=args.repeats, steps_per_epoch=args.steps_per_epoch,
-        learning_rate=args.learning_rate, augmentation=args.augmentation, seed=args.seed,
+        learning_rate=args.learning_rate, augmentation=args.augmentation, crop_to_box=args.crop_to_box,
+        seed=args.seed,
         small=args.small, run_dir=args.run_dir, fresh=args.fresh,
         export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
         recall_ks=tuple(args.ks) if args.ks else None,

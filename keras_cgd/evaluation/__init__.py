@@ -13,7 +13,10 @@ from keras_cgd.evaluation.neighbors import topk_neighbors
 from keras_cgd.evaluation.plots import export_embedding_projector
 from keras_cgd.evaluation.plots import plot_recall_curve
 from keras_cgd.evaluation.plots import plot_retrieval_grid
+from keras_cgd.evaluation.test_time import build_p_star_proxy_set
 from keras_cgd.evaluation.test_time import embed_images
+from keras_cgd.evaluation.test_time import finetune_gem_p
+from keras_cgd.evaluation.test_time import gem_p_loss_and_gradient
 from keras_cgd.evaluation.test_time import gem_p_override
 from keras_cgd.evaluation.test_time import resize_longest_side
 from keras_cgd.evaluation.test_time import select_gem_p

@@ -49,11 +49,18 @@ def _augment_normalize(x, add_bias_channel):
     return x / np.maximum(norms, 1e-12)
 
 
-def fit_pca_whitening(embeddings, dim=None, add_bias_channel=False, eps=1e-9):
+def fit_pca_whitening(embeddings, dim=None, add_bias_channel=False, eps=1e-9, power=0.5):
     """Fits PCA whitening on raw embeddings (e.g. GeM outputs).
 
-    `m = mean(x/|x|)`, `P = V^T diag(1/sqrt(var))` with the PCA components V
-    and variances `var` (unbiased, as `sklearn.decomposition.PCA(whiten=True)`).
+    `m = mean(x/|x|)`, `P = V^T diag(var^-power)` with the PCA components V
+    and variances `var` (unbiased, as `sklearn.decomposition.PCA(whiten=True)`
+    for `power=0.5`).
+
+    `power=0.5` is PCA whitening (MultiGrain, fit on 20k images for 2048-d).
+    `power=0` only centres (and rotates, which keeps cosines at full dimension):
+    the remedy when the fitting set is small or the low-variance directions are
+    mostly noise, where full whitening amplifies that noise; values in between
+    whiten partially.
 
     Args:
         embeddings: `(n, D)` raw embeddings of the whitening set.
@@ -61,11 +68,12 @@ def fit_pca_whitening(embeddings, dim=None, add_bias_channel=False, eps=1e-9):
         add_bias_channel: append a constant 1 channel before normalising
             (MultiGrain's `add_bias`; needed to fold a classifier with bias).
         eps: components with variance below `eps * var_max` are rejected.
+        power: exponent of the variance scaling in [0, 0.5] (0.5).
 
     Returns:
         dict with `"mean"` `(D',)`, `"projection"` `(D', dim)`,
-        `"components"` `(dim, D')`, `"variance"` `(dim,)` (float64) and
-        `"add_bias_channel"`; `D' = D + add_bias_channel`.
+        `"components"` `(dim, D')`, `"variance"` `(dim,)` (float64), `"power"`
+        and `"add_bias_channel"`; `D' = D + add_bias_channel`.
 
     Example:
     >>> w = fit_pca_whitening(np.random.default_rng(0).normal(size=(100, 4)))
@@ -74,6 +82,11 @@ def fit_pca_whitening(embeddings, dim=None, add_bias_channel=False, eps=1e-9):
 
     Reference: Berman et al. 2019 (MultiGrain), `scripts/whiten.py`.
     """
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= 0.5:
+        raise ValueError(
+            "Invalid value received for argument `power`. Expected a float in [0, 0.5] "
+            f"(0.5: PCA whitening, 0: centring only). Received: power={power!r}"
+        )
     x = _augment_normalize(_check_embeddings(embeddings), add_bias_channel)
     n, d = x.shape
     if dim is None:
@@ -86,6 +99,15 @@ def fit_pca_whitening(embeddings, dim=None, add_bias_channel=False, eps=1e-9):
     if n < 2:
         raise ValueError(f"PCA whitening needs at least 2 embeddings. Received: {n}")
     mean = x.mean(axis=0)
+    if power == 0 and dim == d:  # centring only: no eigen-directions to estimate
+        return {
+            "mean": mean,
+            "projection": np.eye(d),
+            "components": np.eye(d),
+            "variance": x.var(axis=0, ddof=1),
+            "power": 0.0,
+            "add_bias_channel": bool(add_bias_channel),
+        }
     _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
     variance = singular**2 / (n - 1)
     if dim > variance.size or variance[dim - 1] <= eps * variance[0]:
@@ -98,9 +120,10 @@ def fit_pca_whitening(embeddings, dim=None, add_bias_channel=False, eps=1e-9):
     variance = variance[:dim]
     return {
         "mean": mean,
-        "projection": components.T / np.sqrt(variance)[None, :],
+        "projection": components.T / (variance**power)[None, :],
         "components": components,
         "variance": variance,
+        "power": float(power),
         "add_bias_channel": bool(add_bias_channel),
     }
 
@@ -133,7 +156,7 @@ def apply_pca_whitening(embeddings, whitening, normalize=True):
 def fold_whitening_into_classifier(kernel, bias, whitening):
     """New classifier weights that act on whitened embeddings `phi`.
 
-    `W' = P^-1 [W; b]`, `b' = m [W; b]` (with `P^-1 = diag(sqrt(var)) V`);
+    `W' = P^-1 [W; b]`, `b' = m [W; b]` (with `P^-1 = diag(var^power) V`);
     then `phi W' + b' = (e W + b) / |[e, 1]|`.
 
     Args:
@@ -173,7 +196,7 @@ def fold_whitening_into_classifier(kernel, bias, whitening):
             f"The kernel has {kernel.shape[0]} input features, the whitening "
             f"was fit on {components.shape[1] - int(whitening['add_bias_channel'])}."
         )
-    inverse = np.sqrt(variance)[:, None] * components  # P^-1
+    inverse = (variance ** whitening.get("power", 0.5))[:, None] * components  # P^-1
     return (inverse @ full).astype(np.float32), (whitening["mean"] @ full).astype(np.float32)
 
 
@@ -226,41 +249,108 @@ class PCAWhitening(keras.layers.Layer):
         return config
 
 
-def whiten_model(model, whitening, gem_layer="gem", classifier_layer="classifier"):
-    """A new model whose embedding is whitened and whose classifier is folded.
+def _is_whitening(value):
+    return isinstance(value, dict) and {"mean", "projection", "add_bias_channel"} <= set(value)
 
-    Takes the raw embedding (output of layer `gem_layer`), computes
-    `phi = PCAWhitening(...)`, returns `{"embedding": phi/|phi|, "logits":
-    Dense'(phi)}` where Dense' holds `fold_whitening_into_classifier(...)`; the
-    logits equal the original ones divided by `|[e, 1]|` (same argmax). Without
-    a `classifier_layer` in the model only the embedding is returned.
+
+def _raw_embedding_layer(model, gem_layer):
+    """The layer whose output is whitened: `gem_layer` (MultiGrain's raw GeM) if the
+    model has it, else the layer of the model's `embedding` output (CGD)."""
+    names = [layer.name for layer in model.layers]
+    if gem_layer in names:
+        return model.get_layer(gem_layer)
+    if "embedding" in names:
+        return model.get_layer("embedding")
+    raise ValueError(
+        f"Expected a layer {gem_layer!r} (raw embedding) or an 'embedding' output to whiten. "
+        f"Received a model with layers {names}"
+    )
+
+
+def whiten_model(
+    model,
+    whitening,
+    gem_layer="gem",
+    classifier_layer="classifier",
+    image_size=None,
+    dim=None,
+    add_bias_channel=None,
+    batch_size=32,
+    power=0.5,
+):
+    r"""A new model whose embedding is centred, whitened and L2-normalised (one call).
+
+    `embedding = phi/|phi|` with `phi = (x/|x| - m) P` (`apply_pca_whitening`) of the
+    raw embedding x: the output of layer `gem_layer` (MultiGrain's GeM vector) if the
+    model has one, else its `embedding` output (CGD's combined descriptor). The mean m
+    and projection P come from `whitening`: a `fit_pca_whitening` dict, or images to fit
+    it on (a gallery or a set of unrelated images; `fit_model_whitening` with
+    `image_size`, `dim`, `add_bias_channel`, `batch_size`, `power`). `power=0`
+    centres only: measured on the default `cgd_tiny` (photo_views, 1,344 fitting
+    images, 96-d), centring keeps the ROC AUC of all test pairs (0.949 → 0.944)
+    and a threshold chosen on the training classes transfers to new classes
+    better (balanced error 0.168 → 0.118), while full whitening (0.5) costs AUC
+    (0.906); MultiGrain whitens fully with 20k images for 2048-d.
+
+    Why: embeddings of ReLU networks live in a narrow cone (all-positive pooled
+    features; CGD's projections and L2 keep the common mean direction), so raw cosine
+    scores of unrelated images are close to 1 (0.99 for the default `cgd_tiny`) and
+    cannot be thresholded; removing the mean and equalising the variances (MultiGrain's
+    PCA whitening) spreads non-matching pairs around 0.
+
+    Logits: a Dense `classifier_layer` applied to the raw embedding (MultiGrain) is
+    folded (`fold_whitening_into_classifier`): the new logits are the original ones
+    divided by `|[x, 1]|` (same argmax). Any other classifier (CGD's head on its first
+    descriptor) is kept as it is, since it does not see the embedding.
 
     Args:
-        model: a functional model with layers `gem_layer` (raw embedding) and
-            optionally `classifier_layer` (a Dense on the raw embedding), e.g.
-            `keras_cgd.build_model("multigrain", ...)`.
-        whitening: a `fit_pca_whitening` result (full dimension and
-            `add_bias_channel=True` to fold a classifier with bias).
+        model: a functional model with dict outputs, e.g. `keras_cgd.build_model(...)`.
+        whitening: a `fit_pca_whitening` result, or `(N, H, W, 3)` images / a list of
+            images to fit it on (N above the embedding dimension).
+        gem_layer: name of the raw-embedding layer ("gem").
+        classifier_layer: name of the Dense classifier to fold ("classifier").
+        image_size, dim, add_bias_channel, batch_size, power: fitting options
+            when `whitening` is images (`add_bias_channel` None: True when a
+            classifier is folded, else False; `power` 0.5 PCA whitening, 0
+            centring only).
 
     Returns:
-        a `keras.Model` with dict outputs; `model.preprocessing` is copied.
+        a `keras.Model` with outputs `{"embedding"(, "logits")}`; `model.preprocessing`
+        is copied.
+
+    Example:
+
+    >>> white = whiten_model(model, gallery_images)  # doctest: +SKIP
+    >>> scores = white.predict(q)["embedding"] @ white.predict(g)["embedding"].T
+
+    Reference: Berman et al. 2019 (MultiGrain) §1.8, `scripts/whiten.py`.
     """
-    raw = model.get_layer(gem_layer).output
+    source = _raw_embedding_layer(model, gem_layer)
+    names = [layer.name for layer in model.layers]
+    classifier = model.get_layer(classifier_layer) if classifier_layer in names else None
+    fold = classifier is not None and isinstance(classifier, keras.layers.Dense) and classifier.input is source.output
+    if not _is_whitening(whitening):
+        whitening = fit_model_whitening(
+            model, whitening, image_size=image_size, dim=dim,
+            add_bias_channel=fold if add_bias_channel is None else add_bias_channel,
+            gem_layer=source.name, batch_size=batch_size, power=power,
+        )
+    raw = source.output
     dim = whitening["projection"].shape[1]
     layer = PCAWhitening(dim, whitening["add_bias_channel"], name="pca_whitening")
     phi = layer(raw)
     layer.set_weights([whitening["mean"].astype("float32"), whitening["projection"].astype("float32")])
     norm = keras.layers.UnitNormalization(name="whitened_l2_normalization")(phi)
-    outputs = {"embedding": keras.layers.Activation("linear", dtype="float32", name="embedding")(norm)}
-    names = [layer.name for layer in model.layers]
-    if classifier_layer in names:
-        classifier = model.get_layer(classifier_layer)
+    outputs = {"embedding": keras.layers.Activation("linear", dtype="float32", name="whitened_embedding")(norm)}
+    if fold:
         weights = classifier.get_weights()
         kernel, bias = fold_whitening_into_classifier(weights[0], weights[1] if len(weights) > 1 else None, whitening)
         dense = keras.layers.Dense(kernel.shape[1], name="whitened_classifier")
         logits = dense(phi)
         dense.set_weights([kernel, bias])
-        outputs["logits"] = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+        outputs["logits"] = keras.layers.Activation("linear", dtype="float32", name="whitened_logits")(logits)
+    elif isinstance(model.output, dict) and "logits" in model.output:
+        outputs["logits"] = model.output["logits"]
     new = keras.Model(model.inputs, outputs, name=f"{model.name}_whitened")
     if hasattr(model, "preprocessing"):
         new.preprocessing = model.preprocessing
@@ -268,7 +358,7 @@ def whiten_model(model, whitening, gem_layer="gem", classifier_layer="classifier
 
 
 def fit_model_whitening(
-    model, images, image_size=None, dim=None, add_bias_channel=True, gem_layer="gem", batch_size=32
+    model, images, image_size=None, dim=None, add_bias_channel=True, gem_layer="gem", batch_size=32, power=0.5
 ):
     """Fits whitening on a model's raw embeddings (layer `gem_layer`) of images.
 
@@ -276,10 +366,16 @@ def fit_model_whitening(
     whitening set of unrelated images (20k YFCC100M), full dimension, with the
     bias channel, so that `whiten_model` can fold the classifier.
 
+    Args:
+        model: a model with layer `gem_layer` (or any output key / layer name).
+        images: `(N, H, W, 3)` array or list of images (RGB, [0, 255]).
+        image_size: longest side s* to resize to, or None.
+        dim, add_bias_channel, power: see `fit_pca_whitening`.
+
     Returns:
         the `fit_pca_whitening` dict.
     """
     from keras_cgd.evaluation.test_time import embed_images
 
     raw = embed_images(model, images, image_size=image_size, output=gem_layer, batch_size=batch_size)
-    return fit_pca_whitening(raw, dim=dim, add_bias_channel=add_bias_channel)
+    return fit_pca_whitening(raw, dim=dim, add_bias_channel=add_bias_channel, power=power)

@@ -139,6 +139,15 @@ def _preprocessing_of(model, image_size):
     return pre
 
 
+def _pixel_input_size(model, image_size):
+    """`[H, W]` of the `serving_pixels` signature: None where the model takes any size
+    (`input_shape=(None, None, 3)`, e.g. MultiGrain at s*), else `image_size`."""
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and len(shape) == 4 and shape[1] is None and shape[2] is None:
+        return [None, None]
+    return list(image_size)
+
+
 def export_saved_model(
     model,
     model_dir,
@@ -166,7 +175,11 @@ def export_saved_model(
       width × height, at least `image_size`'s). Images are decoded one at a
       time.
     - `serving_pixels`: input `images`, float32 `(None, H, W, 3)` RGB pixels in
-      [0, 255].
+      [0, 255]; for a variable-size model (`input_shape=(None, None, 3)`, e.g.
+      MultiGrain) any H, W (one size per call), so clients can send images
+      resized to the test resolution s* (longest side, no crop) themselves.
+      `serving_default` always resizes to the square `image_size` (a
+      variable-size model's `preprocessing["image_size"]`, its training size).
 
     Both return float32 `embedding` `(N, D)` (and `logits` `(N, C)` when the
     model has a classifier), whatever the mixed-precision policy.
@@ -400,7 +413,7 @@ def _write_version(model, out_dir, preprocessing, max_image_pixels, antialias, v
         fns["serving_default"],
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
     )
-    h, w = preprocessing["image_size"]
+    h, w = _pixel_input_size(model, preprocessing["image_size"])
     archive.add_endpoint(
         "serving_pixels",
         fns["serving_pixels"],
@@ -550,7 +563,8 @@ def _subprocess_main(request_path):
                 "The export subprocess must run with KERAS_BACKEND=tensorflow. "
                 f"Received: backend={keras.backend.backend()!r}"
             )
-        import keras_cgd  # noqa: F401  (registers custom classes)
+        import keras_cgd.models  # noqa: F401  (registers the custom classes; `keras_cgd` alone is lazy)
+        import keras_cgd.optimizers  # noqa: F401
 
         model = keras.saving.load_model(request["keras_path"], compile=False)
         _write_version(

@@ -80,13 +80,50 @@ def build_model(name="cgd", compile=True, **kwargs):
     return model
 
 
-def step_decay_schedule(initial_learning_rate, epochs, drop_epochs_fraction=(0.6, 0.8), factor=0.1):
-    """A `LearningRateScheduler` callback multiplying the rate by `factor` at
-    the given fractions of training (CGD: 0.6, 0.8; MultiGrain: 30/60/90 of
-    120 epochs)."""
-    drops = [int(round(f * epochs)) for f in drop_epochs_fraction]
+_DROP_CONVENTIONS = ("multistep", "multigrain")
+
+
+def step_decay_epochs(epochs, drop_epochs_fraction):
+    """The drop epochs `int(f · epochs)` of each fraction f (as `int(0.6 * E)` in leftthomas/CGD)."""
+    return [int(f * epochs) for f in drop_epochs_fraction]
+
+
+def step_decay_schedule(initial_learning_rate, epochs, drop_epochs_fraction=(0.6, 0.8), factor=0.1,
+                        convention="multistep"):
+    """A `LearningRateScheduler` callback multiplying the rate by `factor` at each drop.
+
+    With drop epochs `d_k = int(f_k · epochs)` and Keras' 0-based epoch index `e`:
+
+        "multistep":  lr(e) = lr0 · factor^#{k : e >= d_k}
+        "multigrain": lr(e) = lr0 · factor^#{k : e >  d_k}
+
+    "multistep" is PyTorch's `MultiStepLR(milestones=d)` stepped after every epoch, as
+    leftthomas/CGD trains (20 epochs: epochs 0–11 at 1e-4, 12–15 at 1e-5, 16–19 at
+    1e-6). "multigrain" is `set_learning_rate` of MultiGrain's `scripts/train.py`
+    (`if epoch > drop`, 0-based): with drops 30/60/90 of 120, epochs 0–30 run at 0.2,
+    31–60 at 0.02, 61–90 at 0.002 and 91–119 at 0.0002.
+
+    Args:
+        initial_learning_rate: lr0.
+        epochs: total epochs E.
+        drop_epochs_fraction: fractions f_k of E (CGD: 0.6, 0.8; MultiGrain: 0.25,
+            0.5, 0.75 = 30/60/90 of 120).
+        factor: multiplier per drop (0.1).
+        convention: "multistep" (default, CGD) or "multigrain".
+
+    Returns:
+        `keras.callbacks.LearningRateScheduler`.
+    """
+    if convention not in _DROP_CONVENTIONS:
+        raise ValueError(
+            "Invalid value received for argument `convention`. Expected one of "
+            f"{list(_DROP_CONVENTIONS)}. Received: convention={convention!r}"
+        )
+    drops = step_decay_epochs(epochs, drop_epochs_fraction)
+    strict = convention == "multigrain"
 
     def schedule(epoch, lr):
-        return float(initial_learning_rate * factor ** sum(epoch >= d for d in drops))
+        passed = sum((epoch > d) if strict else (epoch >= d) for d in drops)
+        return float(initial_learning_rate * factor**passed)
 
     return keras.callbacks.LearningRateScheduler(schedule)

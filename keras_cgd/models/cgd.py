@@ -40,9 +40,11 @@ class CGDModel(EmbeddingModel):
         backbone_strides: per-stage strides of a tv_resnet* backbone, e.g.
             (1, 2, 1, 2) for leftthomas/CGD's checkpoints (stage 3 at stride
             1); None keeps the backbone's (then `last_stride` applies).
-        classifier_bn_epsilon, classifier_bn_momentum: the auxiliary head's
-            BatchNorm (Keras defaults 1e-3, 0.99; PyTorch's BatchNorm1d, as in
-            leftthomas/CGD: 1e-5, 0.9).
+        classifier_bn_momentum, classifier_bn_epsilon: the auxiliary head's
+            BatchNormalization, `moving = momentum·moving + (1 − momentum)·batch`
+            and `x̂ = (x − μ)/sqrt(σ² + ε)`. Defaults 0.9 and 1e-5 are PyTorch's
+            `BatchNorm1d` (torch momentum 0.1 = Keras 0.9), as the reference
+            (leftthomas/CGD) trains; Keras' own defaults are 0.99 and 1e-3.
 
     Outputs: `{"embedding": (batch, embedding_dim), "logits": (batch,
     num_classes)}`, both float32 whatever the dtype policy.
@@ -68,11 +70,18 @@ class CGDModel(EmbeddingModel):
         label_smoothing=0.1,
         temperature=0.5,
         backbone_strides=None,
-        classifier_bn_epsilon=1e-3,
-        classifier_bn_momentum=0.99,
+        classifier_bn_momentum=0.9,
+        classifier_bn_epsilon=1e-5,
         **kwargs,
     ):
         _check_num_classes(num_classes)
+        if not 0.0 <= classifier_bn_momentum < 1.0 or not classifier_bn_epsilon > 0:
+            raise ValueError(
+                "Invalid values received for arguments `classifier_bn_momentum` and "
+                "`classifier_bn_epsilon`. Expected a momentum in [0, 1) and an epsilon > 0. "
+                f"Received: classifier_bn_momentum={classifier_bn_momentum!r}, "
+                f"classifier_bn_epsilon={classifier_bn_epsilon!r}"
+            )
         if last_stride == 1 and not supports_last_stride(backbone):
             last_stride = None
         init_config = self._config_from_arguments(locals())
@@ -91,7 +100,7 @@ class CGDModel(EmbeddingModel):
         logits = None
         if num_classes is not None:
             x = keras.layers.BatchNormalization(
-                epsilon=classifier_bn_epsilon, momentum=classifier_bn_momentum, name="classifier_bn"
+                momentum=classifier_bn_momentum, epsilon=classifier_bn_epsilon, name="classifier_bn"
             )(first)
             logits = keras.layers.Dense(num_classes, name="classifier")(x)
         self._finish_functional_init(inputs, embedding, logits, init_config, normalization, **kwargs)

@@ -122,8 +122,18 @@ class EmbeddingModel(keras.Model):
 
     @property
     def preprocessing(self):
-        """`{"image_size": [H, W], "mean", "std", "channel_order"}`."""
+        """`{"image_size": [H, W], "mean", "std", "channel_order"}`.
+
+        `image_size` is the input size of a fixed-size model; a variable-size one
+        (`input_shape=(None, None, 3)`) reports its `image_size` argument (the
+        training resolution, to which `export_saved_model`'s `image_bytes`
+        signature resizes), or `[None, None]` without one.
+        """
         h, w, _ = self._init_config["input_shape"]
+        default = self._init_config.get("image_size")
+        if default is not None:
+            h = default if h is None else h
+            w = default if w is None else w
         return {"image_size": [h, w], **self._normalization}
 
     # --- training recipe -------------------------------------------------

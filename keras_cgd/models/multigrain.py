@@ -9,6 +9,7 @@ from keras_cgd.layers.margin_state import MarginState
 from keras_cgd.losses.margin import MarginLoss
 from keras_cgd.models.embedding_model import EmbeddingModel
 from keras_cgd.models.embedding_model import _check_num_classes
+from keras_cgd.optimizers import CoupledWeightDecaySGD
 
 
 @keras_cgd_export
@@ -18,19 +19,31 @@ class MultiGrainModel(EmbeddingModel):
     images → normalisation → backbone → GeM(p) = raw embedding;
     raw embedding → Dense → `logits`; L2(raw embedding) → `embedding`.
     The default recipe trains `λ·CE(logits) + (1−λ)·margin(embedding)` with
-    SGD (momentum 0.9, weight decay 1e-4, β excluded) on
+    SGD (momentum 0.9, weight decay 1e-4 added to the gradient as PyTorch's SGD
+    does, β excluded: `keras_cgd.optimizers.CoupledWeightDecaySGD`) on
     repeated-augmentation batches whose ranking labels are instance ids.
+
+    The model takes images of any size by default (`input_shape=(None, None,
+    3)`): MultiGrain trains at 224 and evaluates at s* = 224, 500 or 800 (longest
+    side, no crop) with a GeM exponent p* (`keras_cgd.evaluation.embed_images`,
+    `select_gem_p`, `finetune_gem_p`). `image_size` is then the resolution it
+    reports in `preprocessing` (the size training batches and the exported
+    `image_bytes` signature resize to).
 
     Args:
         num_classes: int (1000 for ImageNet) or None for no classifier.
-        backbone, weights, input_shape, last_stride, freeze_bn_statistics,
-        mean, std, channel_order: as in `CGDModel` (MultiGrain keeps the
-            backbone's strides: `last_stride=None`).
+        backbone, weights, last_stride, freeze_bn_statistics, mean, std,
+            channel_order: as in `CGDModel` (MultiGrain keeps the backbone's
+            strides: `last_stride=None`).
+        input_shape: `(None, None, 3)` (default) for any size, or `(H, W, 3)`.
+        image_size: training / default square resolution of a variable-size
+            model (224); ignored (taken from `input_shape`) for a fixed-size one.
         gem_p: GeM exponent during training (3; p*=3–5 at test time).
         trainable_p: learn p (False; p* is fine-tuned separately).
         classification_weight: λ in [0, 1] (0.5 in the paper; 1 = CE only).
         learning_rate: SGD learning rate (0.2 at batch 512 in the paper).
-        weight_decay: 1e-4. momentum: 0.9.
+        weight_decay: 1e-4, added to the gradient before the momentum
+            (PyTorch's rule, as the reference trains). momentum: 0.9.
         margin_alpha: α (0.2). beta_init: β₀ (1.2).
         beta_lr_multiplier: β's learning-rate multiplier (1.0 as the
             official code; the paper's Table B.1 lists 0.1).
@@ -48,7 +61,8 @@ class MultiGrainModel(EmbeddingModel):
         num_classes,
         backbone="resnet50",
         weights=None,
-        input_shape=(224, 224, 3),
+        input_shape=(None, None, 3),
+        image_size=224,
         gem_p=3.0,
         trainable_p=False,
         last_stride=None,
@@ -73,6 +87,11 @@ class MultiGrainModel(EmbeddingModel):
                 "Invalid value received for argument `classification_weight`. "
                 "Expected a float in [0, 1]. "
                 f"Received: classification_weight={classification_weight}"
+            )
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(
+                "Invalid value received for argument `image_size`. Expected a positive int "
+                f"(the default resolution of a variable-size model). Received: image_size={image_size!r}"
             )
         if num_classes is None and classification_weight > 0:
             classification_weight = 0.0
@@ -112,9 +131,9 @@ class MultiGrainModel(EmbeddingModel):
             loss["logits"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             weights["logits"] = lam
             metrics = {"logits": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]}
-        optimizer = keras.optimizers.SGD(
+        optimizer = CoupledWeightDecaySGD(
             learning_rate=cfg["learning_rate"],
-            momentum=cfg["momentum"],
+            momentum=float(cfg["momentum"]),
             weight_decay=cfg["weight_decay"] or None,
         )
         return optimizer, loss, weights, metrics

@@ -26,6 +26,7 @@ Example:
 >>> result["recall_after"], result["export_path"]
 """
 
+from keras_cgd.training.config import BOX_DATASETS
 from keras_cgd.training.config import DEFAULT_PRESET
 from keras_cgd.training.config import SMALL_ENV
 from keras_cgd.training.config import TrainConfig
@@ -51,11 +52,12 @@ from keras_cgd.training.scoring import embed
 from keras_cgd.training.scoring import evaluate
 from keras_cgd.training.scoring import format_metrics
 from keras_cgd.training.scoring import format_recall
+from keras_cgd.training.scoring import model_image_size
 
 __all__ = [
-    "BUILTIN_DATASETS", "DEFAULT_PRESET", "SMALL_ENV", "STANDARD_DATASETS", "STATE_FILENAME", "DatasetSplits",
-    "TrainConfig", "check_dataset_spec", "check_descriptors", "dataset_choices", "describe_model_path",
-    "embed", "evaluate", "format_metrics", "format_recall", "load_embedder", "load_model", "read_state",
-    "resolve_dataset",
+    "BOX_DATASETS", "BUILTIN_DATASETS", "DEFAULT_PRESET", "SMALL_ENV", "STANDARD_DATASETS", "STATE_FILENAME",
+    "DatasetSplits", "TrainConfig", "check_dataset_spec", "check_descriptors", "dataset_choices",
+    "describe_model_path", "embed", "evaluate", "format_metrics", "format_recall", "load_embedder", "load_model",
+    "model_image_size", "read_state", "resolve_dataset",
     "resolve_settings", "run_dir_for", "small_from_env", "train", "training_args",
 ]

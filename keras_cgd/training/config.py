@@ -21,6 +21,9 @@ _TRAINING_KEYS = (
     "repeats", "steps_per_epoch", "learning_rate", "augmentation", "seed", "small",
 )
 
+# Datasets whose readers have bounding boxes (`crop_to_box`).
+BOX_DATASETS = ("cub200", "cars196")
+
 
 def small_from_env():
     """True when the environment variable `KERAS_CGD_SMALL` asks for test-sized settings."""
@@ -53,6 +56,9 @@ class TrainConfig:
         learning_rate: initial rate (default: the preset's), dropped by the preset's
             step schedule.
         augmentation: training augmentation (default: the preset's).
+        crop_to_box: crop CUB-200 / CARS196 images (train and test) to their bounding
+            boxes; None: the preset's choice (True: the CGD paper's numbers are
+            bbox-cropped). True with a dataset without boxes is an error.
         seed: seed of the batch plans and the model initialisation.
         small: test-sized settings (32 px, few images and steps); default from
             `KERAS_CGD_SMALL`.
@@ -80,6 +86,7 @@ class TrainConfig:
     steps_per_epoch: int = None
     learning_rate: float = None
     augmentation: str = None
+    crop_to_box: bool = None
     seed: int = 0
     small: bool = None
     run_dir: str = None
@@ -95,7 +102,12 @@ def resolve_settings(config):
     Returns a dict with `dataset`, `family`, `model_kwargs`, `image_size`, `epochs`, `batching`
     ("pk"/"ra"), its sizes, `epoch_length_factor` (repeated augmentation; preset, else
     2.0 as MultiGrain), `learning_rate`, `drops`, `drop_factor`, `augmentation`,
-    `recall_ks`, `small`, `name`. Raises `ValueError` for unknown presets or options.
+    `recall_ks`, `small`, `name`, `learning_rate_note` (MultiGrain: the preset's SGD
+    rate scaled linearly when the batch differs from the preset's, unless
+    `learning_rate` is given), `crop_to_box` (and `crop_to_box_source`, the preset
+    or the option that decided it), `lr_drop_convention`. A variable-size model
+    (MultiGrain: `input_shape=(None, None, 3)`) stays variable-size and trains at
+    `image_size`. Raises `ValueError` for unknown presets or options.
     """
     from keras_cgd.models.presets import MODEL_FAMILIES
     from keras_cgd.models.presets import get_preset
@@ -126,15 +138,29 @@ def resolve_settings(config):
             kwargs[key] = None if (key == "weights" and value == "none") else value
     if config.descriptors is not None:
         check_descriptors(config.descriptors, family)
-    shape = kwargs.get("input_shape", (224, 224, 3))
-    image_size = int(config.image_size or shape[0])
+    shape = tuple(kwargs.get("input_shape", (None, None, 3) if family == "multigrain" else (224, 224, 3)))
+    variable_size = shape[0] is None or shape[1] is None
+    image_size = int(config.image_size or ((kwargs.get("image_size") or 224) if variable_size else shape[0]))
     if small and config.image_size is None:
         image_size = min(image_size, 32)
-    kwargs["input_shape"] = (image_size, image_size, 3)
+    if variable_size:  # any size at test time (s*); batches are image_size x image_size
+        kwargs["input_shape"] = (None, None, 3)
+        kwargs["image_size"] = image_size
+    else:
+        kwargs["input_shape"] = (image_size, image_size, 3)
+        kwargs.pop("image_size", None)
     training = preset["training"]
     batching = config.batching or ("ra" if training.get("batching") == "repeated_augmentation" else "pk")
     if batching not in ("pk", "ra"):
         raise _usage_error("batching", "one of ['pk', 'ra']", batching)
+    if config.crop_to_box not in (None, True, False):
+        raise _usage_error("crop_to_box", "True, False or None (the preset's choice)", config.crop_to_box)
+    if config.crop_to_box is None:
+        crop_to_box = bool(training.get("crop_to_box", True))
+        crop_source = f"preset {preset_name}" if preset_name and "crop_to_box" in training else "default"
+    else:
+        crop_to_box = bool(config.crop_to_box)
+        crop_source = "--crop-to-box" if crop_to_box else "--no-crop-to-box"
     epochs = int(config.epochs or training.get("epochs", 8))
     if epochs < 1:
         raise _usage_error("epochs", "an int >= 1", config.epochs)
@@ -155,6 +181,9 @@ def resolve_settings(config):
         "learning_rate": config.learning_rate or kwargs.get("learning_rate") or (1e-4 if family == "cgd" else 0.2),
         "drops": list(training.get("lr_drop_epochs_fraction", [0.6, 0.8])),
         "drop_factor": float(training.get("lr_drop_factor", 0.1)),
+        "lr_drop_convention": training.get("lr_drop_convention", "multigrain" if family == "multigrain" else "multistep"),
+        "crop_to_box": crop_to_box,
+        "crop_to_box_source": crop_source,
         "augmentation": config.augmentation or _default_augmentation(training, batching),
         "recall_ks": [int(k) for k in (config.recall_ks or training.get("recall_ks", (1, 2, 4, 8)))],
         "small": small,
@@ -164,6 +193,18 @@ def resolve_settings(config):
         settings["classes_per_batch"] = min(settings["classes_per_batch"], 8)
     if small and config.batch_size is None and batching == "ra":
         settings["batch_size"] = min(settings["batch_size"], 24)
+    settings["learning_rate_note"] = None
+    preset_batch = training.get("batch_size")
+    if (config.learning_rate is None and family == "multigrain" and batching == "ra" and preset_batch
+            and settings["batch_size"] != preset_batch):
+        # SGD's rate goes with the batch (linear scaling, Goyal et al. 2017): MultiGrain's
+        # 0.2 is for 512 images; kept at a batch of 12 it diverges in one step.
+        base = settings["learning_rate"]
+        settings["learning_rate"] = base * settings["batch_size"] / preset_batch
+        settings["learning_rate_note"] = (
+            f"{base:g} x {settings['batch_size']}/{preset_batch}, scaled with the batch size; "
+            "--learning-rate sets it"
+        )
     return settings
 
 
@@ -193,14 +234,18 @@ def check_descriptors(descriptors, family="cgd"):
 
 def run_dir_for(config, settings, dataset_name):
     """Default run directory: `runs/<name>-<dataset>-<hash of the training arguments>`."""
-    digest = hashlib.sha1(json.dumps(training_args(config, settings), sort_keys=True).encode()).hexdigest()[:8]
+    args = training_args(config, settings, dataset_name)
+    digest = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join("runs", f"{settings['name']}-{dataset_name}-{digest}")
 
 
-def training_args(config, settings):
-    """The JSON-able arguments a resumed run must match."""
+def training_args(config, settings, dataset_name=None):
+    """The JSON-able arguments a resumed run must match (with the resolved `crop_to_box`
+    for a dataset with boxes, `BOX_DATASETS`)."""
     args = {k: getattr(config, k) for k in _TRAINING_KEYS}
     args["dataset"] = settings["dataset"]
     args["small"] = settings["small"]
     args["epochs"] = settings["epochs"]
+    if dataset_name in BOX_DATASETS:
+        args["crop_to_box"] = settings["crop_to_box"]
     return json.loads(json.dumps(args))

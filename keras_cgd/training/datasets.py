@@ -102,7 +102,7 @@ def _folder_splits(root):
     return parts[0], parts[1]
 
 
-def resolve_dataset(spec="photo_views", image_size=64, small=False, seed=0):
+def resolve_dataset(spec="photo_views", image_size=64, small=False, seed=0, crop_to_box=True):
     """Reads a dataset given as on the command line into train/test `DatasetSplits`.
 
     Args:
@@ -114,6 +114,9 @@ def resolve_dataset(spec="photo_views", image_size=64, small=False, seed=0):
         image_size: side of the built-in images.
         small: fewer built-in images (test-sized).
         seed: rendering seed of the built-in images.
+        crop_to_box: crop CUB-200 / CARS196 images (both splits) to their bounding
+            boxes (True: the protocol of the CGD paper's numbers); ignored by datasets
+            without boxes (`DatasetSplits.train.boxes` tells whether boxes are used).
 
     Returns:
         `DatasetSplits`.
@@ -141,5 +144,9 @@ def resolve_dataset(spec="photo_views", image_size=64, small=False, seed=0):
     if kind == "inshop":
         return DatasetSplits(kind, data.inshop_clothes(value, "train"), data.inshop_clothes(value, "gallery"),
                              query=data.inshop_clothes(value, "query"))
-    reader = {"cub200": data.cub200, "cars196": data.cars196, "sop": data.stanford_online_products}[kind]
+    if kind in ("cub200", "cars196"):
+        reader = data.cub200 if kind == "cub200" else data.cars196
+        crop = bool(crop_to_box)
+        return DatasetSplits(kind, reader(value, "train", crop_to_box=crop), reader(value, "test", crop_to_box=crop))
+    reader = data.stanford_online_products
     return DatasetSplits(kind, reader(value, "train"), reader(value, "test"))

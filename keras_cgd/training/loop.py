@@ -5,6 +5,7 @@ import dataclasses
 import os
 import time
 
+from keras_cgd.training.config import BOX_DATASETS
 from keras_cgd.training.config import TrainConfig
 from keras_cgd.training.config import resolve_settings
 from keras_cgd.training.config import run_dir_for
@@ -35,6 +36,15 @@ def _batches(splits, settings, epoch, seed):
         augmentation=settings["augmentation"], epoch_length_factor=settings["epoch_length_factor"],
         steps_per_epoch=settings["steps_per_epoch"], seed=epoch_seed,
     )
+
+
+def boxes_line(splits, settings):
+    """The line `train` prints about bounding boxes for CUB-200 / CARS196 (else None)."""
+    if splits.name not in BOX_DATASETS:
+        return None
+    used = splits.train.boxes is not None
+    return (f"bounding boxes: {'images cropped to their boxes' if used else 'not used (uncropped images)'} "
+            f"({settings['crop_to_box_source']})")
 
 
 def train(config=None, log=print, progress="auto", **overrides):
@@ -73,8 +83,14 @@ def train(config=None, log=print, progress="auto", **overrides):
     start = time.time()
     config = dataclasses.replace(copy.copy(config or TrainConfig()), **overrides)
     settings = resolve_settings(config)
-    splits = resolve_dataset(settings["dataset"], settings["image_size"], settings["small"], config.seed)
-    args = training_args(config, settings)
+    splits = resolve_dataset(settings["dataset"], settings["image_size"], settings["small"], config.seed,
+                             crop_to_box=settings["crop_to_box"])
+    if config.crop_to_box and splits.name not in BOX_DATASETS:
+        raise ValueError(
+            "Invalid value received for argument `crop_to_box`. Bounding boxes exist for "
+            f"{list(BOX_DATASETS)} only. Received: crop_to_box=True with dataset={settings['dataset']!r}"
+        )
+    args = training_args(config, settings, splits.name)
     run_dir = config.run_dir or run_dir_for(config, settings, splits.name)
     os.makedirs(run_dir, exist_ok=True)
     state = None if config.fresh else read_state(run_dir)
@@ -88,6 +104,8 @@ def train(config=None, log=print, progress="auto", **overrides):
                 if splits.task == "copy_detection" else
                 f"{len(splits.test)} test images / {splits.test.num_classes} held-out classes")
     log(f"dataset {splits.name}: {len(splits.train)} train images / {splits.num_train_classes} classes, {held_out}")
+    if boxes_line(splits, settings):
+        log(boxes_line(splits, settings))
     skipped = [s for part in (splits.train, splits.test, splits.query) if part is not None for s in part.skipped]
     if skipped:
         log(f"skipped {len(skipped)} unreadable image file(s): "
@@ -120,9 +138,11 @@ def train(config=None, log=print, progress="auto", **overrides):
         f"{settings['image_size']} px), {settings['epochs']} epochs, "
         + (f"P×K = {settings['classes_per_batch']}×{settings['images_per_class']}" if settings["batching"] == "pk"
            else f"repeated augmentation {settings['batch_size']}/{settings['repeats']}")
+        + f", learning rate {settings['learning_rate']:.3g}"
+        + (f" ({settings['learning_rate_note']})" if settings.get("learning_rate_note") else "")
         + f", backend {keras.backend.backend()}, run {run_dir}")
     schedule = step_decay_schedule(settings["learning_rate"], settings["epochs"], settings["drops"],
-                                   settings["drop_factor"])
+                                   settings["drop_factor"], convention=settings["lr_drop_convention"])
     for epoch in range(initial_epoch, settings["epochs"]):
         t0 = time.time()
         batches = _batches(splits, settings, epoch, config.seed)

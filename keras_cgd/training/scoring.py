@@ -3,13 +3,22 @@
 import numpy as np
 
 
+def model_image_size(model):
+    """The square side a model embeds at: its fixed input height, else (variable-size
+    models, e.g. MultiGrain) `model.preprocessing["image_size"]`, else 224."""
+    size = model.input_shape[1]
+    if size is None:
+        size = (getattr(model, "preprocessing", None) or {}).get("image_size", [None])[0]
+    return int(size or 224)
+
+
 def embed(model, dataset, image_size=None, batch_size=64, progress=False, desc=None):
     """`(N, D)` embeddings of an `ImageDataset` (in-memory arrays or files).
 
     Args:
         model: a Keras model or a `SavedModelEmbedder` (see `load_embedder`).
         dataset: `keras_cgd.data.ImageDataset`.
-        image_size: side of the model's input (default `model.input_shape[1]`).
+        image_size: side the images are resized to (default `model_image_size(model)`).
         batch_size: images per forward pass.
         progress: True draws a bar over the batches (see `progress.resolve_progress`).
         desc: the bar's label (default "embedding N images").
@@ -18,7 +27,7 @@ def embed(model, dataset, image_size=None, batch_size=64, progress=False, desc=N
     from keras_cgd.training.progress import keras_progress
     from keras_cgd.training.progress import num_batches
 
-    size = image_size or model.input_shape[1]
+    size = image_size or model_image_size(model)
     desc = desc or f"embedding {len(dataset)} images"
     if dataset.images is not None and dataset.images.shape[1:3] == (size, size):
         x = dataset.images

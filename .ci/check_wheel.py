@@ -160,20 +160,23 @@ def check_cli(python, env, wheel, work):
     out, _ = _run([python, "-c", probe], cwd=cwd, env=env)
     if out.stdout.strip() != "[]":
         raise SystemExit(f"[check_wheel] `from keras_cgd.serving import Client` imported {out.stdout.strip()}")
+    out, _ = _run([python, "-c", "from keras_cgd.training.config import DEFAULT_PRESET; print(DEFAULT_PRESET)"],
+                  cwd=cwd, env=env)
+    name = out.stdout.strip()  # the default job's model, hence its SavedModel directory
     out, seconds = _run([cli, "train", "--small", "--epochs", "1", "--steps-per-epoch", "2", "--run-dir", "run"],
                         cwd=cwd, env=env)
     if out.stderr.strip():
         raise SystemExit(f"[check_wheel] `keras-cgd train` wrote to stderr:\n{out.stderr}")
-    if not os.path.isfile(os.path.join(cwd, "savedmodels", "cgd_tiny", "1", "saved_model.pb")):
-        raise SystemExit(f"[check_wheel] train exported no savedmodels/cgd_tiny/1:\n{out.stdout}")
+    if not os.path.isfile(os.path.join(cwd, "savedmodels", name, "1", "saved_model.pb")):
+        raise SystemExit(f"[check_wheel] train exported no savedmodels/{name}/1:\n{out.stdout}")
     _step(f"keras-cgd train --small from the wheel: {seconds:.0f} s")
     out, seconds = _run([cli, "export", "run"], cwd=cwd, env=env)
-    if out.stdout.strip().splitlines()[-1] != os.path.join("savedmodels", "cgd_tiny", "2"):
-        raise SystemExit(f"[check_wheel] `keras-cgd export run` did not write savedmodels/cgd_tiny/2:\n{out.stdout}")
-    out, _ = _run([cli, "evaluate", os.path.join("savedmodels", "cgd_tiny"), "--small", "--quiet"], cwd=cwd, env=env)
+    if out.stdout.strip().splitlines()[-1] != os.path.join("savedmodels", name, "2"):
+        raise SystemExit(f"[check_wheel] `keras-cgd export run` did not write savedmodels/{name}/2:\n{out.stdout}")
+    out, _ = _run([cli, "evaluate", os.path.join("savedmodels", name), "--small", "--quiet"], cwd=cwd, env=env)
     if "R@1 " not in out.stdout:
         raise SystemExit(f"[check_wheel] evaluate of the SavedModel printed no Recall@K:\n{out.stdout}")
-    _step(f"keras-cgd export run -> savedmodels/cgd_tiny/2 ({seconds:.0f} s); evaluate of the SavedModel: "
+    _step(f"keras-cgd export run -> savedmodels/{name}/2 ({seconds:.0f} s); evaluate of the SavedModel: "
           f"{out.stdout.strip()}")
 
 

@@ -35,7 +35,7 @@ def default_job_run(tmp_path_factory):
     """The default job's test-sized twin, trained once per test process and shared.
 
     `keras-cgd train --small --epochs 1` in process, into `<root>/run` (run directory)
-    and `<root>/savedmodels` (so `savedmodels/cgd_tiny/1`). Tests must not modify
+    and `<root>/savedmodels` (so `savedmodels/<DEFAULT_PRESET>/1`). Tests must not modify
     `run/`; they may add SavedModel versions.
 
     Returns:

@@ -43,14 +43,14 @@ def job(default_job_run):
     assert default_job_run.code == 0, default_job_run.out
     state = training.read_state(default_job_run.run_dir)
     checkpoint = os.path.join(default_job_run.run_dir, state["checkpoint"])
-    version_dir = os.path.join(default_job_run.export_dir, "cgd_tiny", "1")
+    version_dir = os.path.join(default_job_run.export_dir, training.DEFAULT_PRESET, "1")
     assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
     return default_job_run, state, checkpoint, version_dir
 
 
 def test_run_state_names_its_model(job):
     run, state, _, version_dir = job
-    assert state["model_name"] == "cgd_tiny"
+    assert state["model_name"] == training.DEFAULT_PRESET
     assert state["export_path"] == version_dir
 
 
@@ -79,7 +79,7 @@ def test_evaluate_accepts_run_keras_file_and_saved_model(job, capsys):
         assert code == 0, err
         lines = out.strip().splitlines()
         assert len(lines) == 1, out  # --quiet: the result only
-        assert lines[0].startswith(f"R@1 {expected[1]:.3f}  R@4 {expected[4]:.3f}  MAP@R "), (path, lines[0])
+        assert lines[0].startswith(f"R@1 {expected[1]:.3f}  R@4 {expected[4]:.3f}  (MAP@R "), (path, lines[0])
     code, out, _ = _run_cli(["evaluate", version_dir, "--small", "--ks", "1"], capsys)
     assert code == 0 and f"loaded SavedModel {version_dir} (32 px)" in out
 

@@ -67,8 +67,10 @@ def test_every_third_party_import_is_declared():
         if module in sys.stdlib_module_names or module == "keras_cgd" or module == "__future__":
             continue
         dists = {d.lower().replace("_", "-") for d in providers.get(module, [])}
-        if not dists:
-            undeclared[module] = f"{where} (not installed here)"
+        if not dists:  # not installed here: the import name must then be the distribution's
+            dists = {module.lower().replace("_", "-")}
+            if not dists & declared:
+                undeclared[module] = f"{where} (not installed here)"
         elif not dists & declared:
             undeclared[module] = f"{where} (from {sorted(dists)})"
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"

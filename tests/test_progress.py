@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_cgd import training
 from keras_cgd.training import progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,8 +132,12 @@ def test_train_on_a_terminal_shows_step_progress_and_no_tensorflow_log(tmp_path)
     assert "\r" in out
     for epoch in (1, 2):
         assert re.search(rf"epoch {epoch}/2:\s+\d+%.*\b[0-3]/3 \[", out), out
-    assert "embedding 96 test images" in out
-    assert "exporting a SavedModel to savedmodels/cgd_tiny" in out
+    splits = training.resolve_dataset(training.resolve_settings(training.TrainConfig(small=True))["dataset"],
+                                      32, small=True)
+    assert f"embedding {len(splits.test)} test images" in out
+    if splits.query is not None:
+        assert f"embedding {len(splits.query)} query images" in out
+    assert f"exporting a SavedModel to savedmodels/{training.DEFAULT_PRESET}" in out
     # What stays on screen: the log lines, with no TensorFlow log line among them.
     screen = out.replace("\r\n", "\n")  # the terminal's newline translation
     final = [line.rsplit("\r", 1)[-1].strip() for line in screen.split("\n")]
@@ -140,6 +145,6 @@ def test_train_on_a_terminal_shows_step_progress_and_no_tensorflow_log(tmp_path)
     epochs = [line for line in final if line.startswith("epoch ")]
     assert len(epochs) == 2 and all(
         re.fullmatch(rf"epoch {e}/2  loss \d+\.\d{{4}}  lr \S+  \d+\.\d s", line) for e, line in zip((1, 2), epochs)), final
-    assert "SavedModel: savedmodels/cgd_tiny/1" in final, final
+    assert f"SavedModel: savedmodels/{training.DEFAULT_PRESET}/1" in final, final
     tf_log = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d|absl::InitializeLog|cuInit|cudart_stub|tensorflow/")
     assert not [line for line in out.split("\n") if tf_log.search(line)], out

@@ -84,7 +84,8 @@ def test_train_prints_whether_boxes_were_used(cub_root, tmp_path, capsys):
 def test_crop_to_box_on_a_dataset_without_boxes_is_refused(tmp_path, capsys):
     code, out, err = _run_cli(_train_argv(tmp_path, "--crop-to-box"), capsys)
     assert code == 2
-    assert "crop_to_box=True" in err and "photo_views" in err and "cub200" in err
+    default_dataset = training.resolve_settings(training.TrainConfig())["dataset"]
+    assert "crop_to_box=True" in err and repr(default_dataset) in err and "cub200" in err
     assert len(err.strip().splitlines()) == 1
 
 

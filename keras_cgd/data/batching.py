@@ -271,18 +271,26 @@ def plan_groups(plan, batch_size, copies):
     return starts.astype("int64"), counts.astype("int64")
 
 
-def _pipeline(data, plan_fn, steps, batch_size, size, augmentation, seed, ranking, antialias, copies, dtype):
+def _pipeline(data, plan_fn, steps, batch_size, size, augmentation, seed, ranking, antialias, copies, dtype,
+              fixed_epoch=None):
     """Builds the tf.data pipeline from a per-epoch plan function `plan_fn(rng) -> indices`.
 
     `copies` is the largest number of consecutive copies of one image that are decoded
-    together (the repeats m of RA batches; 1 for P×K).
+    together (the repeats m of RA batches; 1 for P×K). `fixed_epoch`: see `epoch` of
+    `class_balanced_batches`.
     """
     base_seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
+    if fixed_epoch is not None:
+        if isinstance(fixed_epoch, bool) or not isinstance(fixed_epoch, (int, np.integer)) or fixed_epoch < 0:
+            raise ValueError(
+                "Invalid value received for argument `epoch`. Expected None or an int >= 0. "
+                f"Received: epoch={fixed_epoch!r}"
+            )
     state = {"epoch": 0}
     total = steps * batch_size
 
     def generate():
-        epoch = state["epoch"]
+        epoch = state["epoch"] if fixed_epoch is None else int(fixed_epoch)
         state["epoch"] += 1
         rng = np.random.default_rng([base_seed, epoch])
         idx = np.asarray(plan_fn(rng), dtype="int64")
@@ -381,6 +389,7 @@ def class_balanced_batches(
     steps_per_epoch=None,
     small_classes="repeat",
     seed=None,
+    epoch=None,
     antialias=True,
     dtype="uint8",
 ):
@@ -412,6 +421,12 @@ def class_balanced_batches(
         small_classes: "repeat" or "drop" (see above).
         seed: int for a reproducible pipeline: the same seed gives the same batches
             (None: random).
+        epoch: None (default): the k-th iteration of the dataset (epoch k of
+            `model.fit(epochs=...)`) yields epoch k's batches. An int: every iteration
+            yields epoch `epoch`'s batches, exactly those the k = `epoch` iteration
+            gives with None, e.g. for a loop that builds one dataset per epoch and
+            resumes at any epoch (however often `fit` iterates the dataset: on JAX its
+            first call reads an extra iterator).
         antialias: antialiased bilinear resizing when shrinking (default True, as
             evaluation and PIL's resize in the papers' code; False: plain bilinear).
         dtype: "uint8" (default) or "float32" (the same values, 4× the bytes).
@@ -468,7 +483,7 @@ def class_balanced_batches(
     def plan(rng):
         return _plan_from_groups(groups, p, k, steps, rng)
 
-    return _pipeline(data, plan, steps, p * k, size, augmentation, seed, "class", antialias, 1, dtype)
+    return _pipeline(data, plan, steps, p * k, size, augmentation, seed, "class", antialias, 1, dtype, epoch)
 
 
 def repeated_augmentation_stream(num_images, batch_size, repeats, steps, rng):
@@ -531,6 +546,7 @@ def repeated_augmentation_batches(
     epoch_length_factor=2.0,
     steps_per_epoch=None,
     seed=None,
+    epoch=None,
     antialias=True,
     dtype="uint8",
 ):
@@ -565,6 +581,12 @@ def repeated_augmentation_batches(
         steps_per_epoch: overrides the epoch length in batches.
         seed: int for a reproducible pipeline: the same seed gives the same batches
             (None: random).
+        epoch: None (default): the k-th iteration of the dataset (epoch k of
+            `model.fit(epochs=...)`) yields epoch k's batches. An int: every iteration
+            yields epoch `epoch`'s batches, exactly those the k = `epoch` iteration
+            gives with None, e.g. for a loop that builds one dataset per epoch and
+            resumes at any epoch (however often `fit` iterates the dataset: on JAX its
+            first call reads an extra iterator).
         antialias: antialiased bilinear resizing when shrinking (default True, as
             evaluation and PIL's resize in the papers' code).
         dtype: "uint8" (default) or "float32" (the same values, 4× the bytes).
@@ -611,7 +633,7 @@ def repeated_augmentation_batches(
     def plan(rng):
         return repeated_augmentation_stream(n, b, m, steps, rng)
 
-    return _pipeline(data, plan, steps, b, size, augmentation, seed, "instance", antialias, m, dtype)
+    return _pipeline(data, plan, steps, b, size, augmentation, seed, "instance", antialias, m, dtype, epoch)
 
 
 def inference_batches(

@@ -41,6 +41,21 @@ class MarginState(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    # Keras' default `save_own_variables` keeps `beta` only: a `SeedGenerator`'s state
+    # is not among a layer's trainable / non-trainable variables. Saving it too makes
+    # a resumed run sample the same negatives as an uninterrupted one (on JAX, where the
+    # state is threaded through the train step, and on TensorFlow). A checkpoint written
+    # before this (one variable) still loads; its sampling restarts from the seed.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store["seed_generator_state"] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        if "seed_generator_state" in store:
+            self.seed_generator.state.assign(store["seed_generator_state"])
+            store = {k: store[k] for k in store.keys() if k != "seed_generator_state"}
+        super().load_own_variables(store)
+
     def get_config(self):
         config = super().get_config()
         config.update({"beta_init": self.beta_init, "seed": self.seed})

@@ -876,11 +876,7 @@ def make_server(base_dir, host="127.0.0.1", port=8501, model_name=None, num_vers
     503 with `Retry-After: 1`. A client has `request_timeout` seconds to send its
     request (line, headers and body), else 408 or the connection is closed.
     """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(
-            "Invalid value received for argument `port`. Expected an int in [0, 65535] "
-            f"(0 picks a free port). Received: port={port!r}"
-        )
+    check_port(port, lowest=0)
     _check_positive("poll_interval", poll_interval, float)
     _check_positive("request_timeout", request_timeout, float)
     for name, value in (("max_request_bytes", max_request_bytes),
@@ -949,15 +945,23 @@ def _parse_labels(items):
     return labels
 
 
+def check_port(port, lowest=1):
+    """Raises `ValueError` unless `port` is an int in [lowest, 65535] (`make_server`
+    takes 0, a free port; the command line wants a real one, from 1)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port <= 65535:
+        free = " (0 picks a free port)" if lowest == 0 else ""
+        raise ValueError(
+            f"Invalid value received for argument `port`. Expected an int in [{lowest}, 65535]{free}. "
+            f"Received: port={port!r}"
+        )
+
+
 def _port(text):
-    """A TCP port for `--port`: an int in 1..65535."""
+    """`--port` as an int (its range is checked by `check_port`, one line on stderr)."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        value = None
-    if value is None or not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number in 1..65535, received {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a port number in 1..65535, received {text!r}") from None
 
 
 def build_parser():
@@ -1017,6 +1021,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.log_requests else logging.WARNING)
     try:
+        check_port(args.port)
         serve(
             args.base_dir,
             host=args.host,

@@ -21,20 +21,22 @@ from keras_cgd.training.scoring import format_metrics
 
 
 def _batches(splits, settings, epoch, seed):
-    """The batches of one epoch, planned from `(seed, epoch)` only."""
+    """The batches of epoch `epoch` (0-based) of a run seeded `seed`: those of the epoch-th
+    iteration of one multi-epoch dataset, however often `fit` iterates this one (on JAX
+    the first `fit` of a model reads an extra iterator), so that a resumed epoch trains
+    on the batches of the uninterrupted run."""
     from keras_cgd import data
 
-    epoch_seed = int(seed) * 100_003 + int(epoch)
     if settings["batching"] == "pk":
         return data.class_balanced_batches(
             splits.train, settings["classes_per_batch"], settings["images_per_class"],
             image_size=settings["image_size"], augmentation=settings["augmentation"],
-            steps_per_epoch=settings["steps_per_epoch"], seed=epoch_seed,
+            steps_per_epoch=settings["steps_per_epoch"], seed=int(seed), epoch=int(epoch),
         )
     return data.repeated_augmentation_batches(
         splits.train, settings["batch_size"], settings["repeats"], image_size=settings["image_size"],
         augmentation=settings["augmentation"], epoch_length_factor=settings["epoch_length_factor"],
-        steps_per_epoch=settings["steps_per_epoch"], seed=epoch_seed,
+        steps_per_epoch=settings["steps_per_epoch"], seed=int(seed), epoch=int(epoch),
     )
 
 

@@ -386,3 +386,34 @@ def test_multigrain_crops_of_jpeg_files_stay_inside_their_box(tmp_path):
         for x, _ in batches.as_numpy_iterator():
             spread = x.astype(float).reshape(len(x), -1, 3).std(axis=1).max(axis=1)
             assert spread.max() < 8, spread  # uniform crops (stripes: ~127)
+
+
+@pytest.mark.parametrize("kind", ["pk", "ra"])
+def test_fixed_epoch_gives_that_iteration_of_the_multi_epoch_dataset_every_time(kind):
+    """`epoch=e`: each iteration yields what the e-th iteration of `epoch=None` yields."""
+    labels = np.repeat(np.arange(6), 4).astype("int32")
+    ds = kdata.from_arrays(_coded_images(len(labels)), labels)
+
+    def make(**kw):
+        if kind == "pk":
+            return kdata.class_balanced_batches(ds, 3, 2, image_size=16, augmentation="flip", seed=4,
+                                                steps_per_epoch=2, **kw)
+        return kdata.repeated_augmentation_batches(ds, 6, 3, image_size=16, augmentation="multigrain", seed=4,
+                                                   steps_per_epoch=2, **kw)
+
+    def read(batches):
+        return [(x, y["logits"]) for x, y in batches.as_numpy_iterator()]
+
+    multi = make()
+    epochs = [read(multi) for _ in range(3)]
+    for e in (0, 2):
+        fixed = make(epoch=e)
+        for _ in range(2):  # however often it is iterated
+            got = read(fixed)
+            assert len(got) == len(epochs[e])
+            for (xa, ya), (xb, yb) in zip(got, epochs[e]):
+                np.testing.assert_array_equal(xa, xb)
+                np.testing.assert_array_equal(ya, yb)
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(epochs[0], epochs[2]))
+    with pytest.raises(ValueError, match="argument `epoch`.*Received: epoch=-1"):
+        make(epoch=-1)

@@ -5,6 +5,7 @@ filterwarnings`); end-to-end tests are marked `slow` (deselected by default, see
 README's test section).
 """
 
+import os
 import types
 
 from keras_cgd.cli._common import silence_tensorflow_logs
@@ -56,15 +57,32 @@ def default_job_run(tmp_path_factory):
                                  code=code, out=buf.getvalue())
 
 
-# End-to-end tests of files owned elsewhere, marked slow here (the others carry @pytest.mark.slow).
+# End-to-end tests of files owned elsewhere, marked slow here (the others carry @pytest.mark.slow),
+# and the tests listed by cost in tests/slow_tests.txt.
 SLOW_TESTS = (
     "tests/models/test_training.py::test_cgd_training_raises_recall_on_unseen_classes",
     "tests/test_cli.py::test_resume_after_sigkill",
 )
 
 
+def _slow_list(path=os.path.join(os.path.dirname(__file__), "slow_tests.txt")):
+    with open(path) as f:
+        entries = {line.split("#")[0].strip() for line in f}
+    return SLOW_TESTS + tuple(sorted(e for e in entries if e))
+
+
+def _is_listed(nodeid, listed):
+    return any(nodeid == e or nodeid.split("[")[0] == e or nodeid.startswith(e + "::") for e in listed)
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
 def pytest_collection_modifyitems(config, items):
+    listed = _slow_list()
+    files = {item.nodeid.split("::")[0] for item in items}
+    stale = [e for e in listed
+             if e.split("::")[0] in files and not any(_is_listed(item.nodeid, (e,)) for item in items)]
+    if stale:  # the file was collected, the test is not in it: renamed or removed
+        raise pytest.UsageError(f"tests/slow_tests.txt names tests that do not exist: {stale}")
     for item in items:
-        if item.nodeid.split("[")[0] in SLOW_TESTS:
+        if _is_listed(item.nodeid, listed):
             item.add_marker(pytest.mark.slow)

@@ -222,10 +222,16 @@ def test_search_gallery_folders(trained_run, tmp_path, capsys):
     assert "broken.jpg" in err and "skipped" in err
 
 
-def test_changed_arguments_refuse_to_resume(trained_run, capsys):
-    root, _, _ = trained_run
-    code, _, err = _run_cli(["train", "--small", "--epochs", "2", "--run-dir", str(root / "run"), "--no-export"],
-                            capsys)
+def test_changed_arguments_refuse_to_resume(tmp_path, capsys):
+    # The saved run of `train --small --epochs 1` (its state file, as `train` writes it).
+    config = training.TrainConfig(small=True, epochs=1)
+    settings = training.resolve_settings(config)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / training.STATE_FILENAME).write_text(json.dumps(
+        {"args": training.training_args(config, settings, settings["dataset"]), "epochs": 1,
+         "completed_epochs": 1, "checkpoint": None, "history": [{"epoch": 1, "loss": 1.0}]}))
+    code, _, err = _run_cli(["train", "--small", "--epochs", "2", "--run-dir", str(run), "--no-export"], capsys)
     assert code == 2
     assert "epochs" in err and "--fresh" in err and len(err.strip().splitlines()) == 1
 

@@ -1,5 +1,7 @@
-"""`keras-cgd evaluate`: Recall@K and MAP@R of a model on a dataset's held-out classes."""
+"""`keras-cgd evaluate`: Recall@K and MAP@R of a model on a dataset's held-out classes, or
+(`--classification FOLDER`) top-k accuracy of its logits on a labelled folder."""
 
+from keras_cgd.cli import classification
 from keras_cgd.cli._common import Output
 from keras_cgd.cli._common import add_backend
 from keras_cgd.cli._common import add_crop_to_box
@@ -20,11 +22,14 @@ def add_parser(sub):
     p.add_argument("--small", action="store_true", default=None, help="test-sized built-in data")
     add_crop_to_box(p)
     add_backend(p)
+    classification.add_arguments(p)
     p.set_defaults(run=run)
     return p
 
 
 def run(args):
+    if args.classification is not None:
+        return classification.run(args)
     from keras_cgd import training
 
     out = Output(args)

@@ -1,6 +1,5 @@
 """classification_accuracy on a small labelled folder against a brute-force count."""
 
-import argparse
 import os
 
 import keras
@@ -13,8 +12,6 @@ from keras_cgd.evaluation import classification_accuracy
 from keras_cgd.evaluation import gem_p_override
 from keras_cgd.evaluation import resize_longest_side
 from keras_cgd.evaluation.classification import resize_center_crop
-from keras_cgd.cli.classification import add_arguments
-from keras_cgd.cli.classification import run
 
 CLASSES = ["n01", "n02", "n03", "n04"]
 
@@ -111,18 +108,21 @@ def test_unreadable_image_is_named(model, tmp_path):
         classification_accuracy(model, str(root), ks=(1,), progress=False)
 
 
-def test_cli_function_prints_top_k(model, folder, tmp_path, capsys):
+def test_evaluate_classification_prints_top_k(model, folder, tmp_path, capsys):
+    """`keras-cgd evaluate MODEL --classification FOLDER` through the real command line."""
+    from keras_cgd import cli
+
     path = str(tmp_path / "model.keras")
     model.save(path)
     names = tmp_path / "synsets.txt"
     names.write_text("\n".join(CLASSES))
-    parser = argparse.ArgumentParser()
-    parser.add_argument("model")
-    add_arguments(parser)
-    args = parser.parse_args([path, "--classification", folder, "--image-size", "32", "--gem-p", "2",
-                              "--top-k", "1", "2", "--class-names", str(names)])
-    assert run(args) == 0
+    code = cli.main(["evaluate", path, "--classification", folder, "--image-size", "32", "--gem-p", "2",
+                     "--top-k", "1", "2", "--class-names", str(names)])
+    assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     expected, _ = brute_force(model, folder, CLASSES, 32, 2.0, (1, 2))
     assert lines[-1] == f"top-1 {100 * expected['top1']:.2f}%  top-2 {100 * expected['top2']:.2f}%"
     assert "12 images, 4 classes, s*=32 (longest side), p*=2.0" in lines[-2]
+    assert cli.main(["evaluate", path, "--classification", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing" in err, err

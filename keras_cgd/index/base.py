@@ -299,8 +299,16 @@ def load_index(path):
     >>> load_index("/tmp/i.npz").search(np.eye(2), k=1)[0].tolist()
     [[0], [1]]
     """
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
+    import zipfile
+
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise ValueError(
+            f"The file {os.fspath(path)!r} is not a readable keras-cgd index (truncated or not an .npz "
+            f"archive: {type(e).__name__}: {e}). Rebuild it, e.g. `keras-cgd search ... --gallery ... --index`."
+        ) from None
     if "header" not in arrays:
         raise ValueError(f"The file {path!r} is not a keras-cgd index (no header).")
     header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))

@@ -3,6 +3,8 @@
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 import os
 
 from keras_cgd.training.errors import usage_error as _usage_error
@@ -20,6 +22,11 @@ _TRAINING_KEYS = (
     "weights", "epochs", "batching", "classes_per_batch", "images_per_class", "batch_size",
     "repeats", "steps_per_epoch", "learning_rate", "augmentation", "seed", "small",
 )
+
+# Bounds of the command line's sizes and counts (an unbounded --image-size ran a machine
+# out of memory): a training side in pixels, and batch sizes / counts / epochs.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
+MAX_BATCH_COUNT = 100_000
 
 # Datasets whose readers have bounding boxes (`crop_to_box`).
 BOX_DATASETS = ("cub200", "cars196")
@@ -149,6 +156,22 @@ def resolve_settings(config):
     else:
         kwargs["input_shape"] = (image_size, image_size, 3)
         kwargs.pop("image_size", None)
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise _usage_error("image_size", f"an int in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] (pixels per side; a "
+                           "larger training size needs the library API and the memory for it)", config.image_size)
+    if config.learning_rate is not None and (
+            isinstance(config.learning_rate, bool) or not isinstance(config.learning_rate, numbers.Real)
+            or not math.isfinite(config.learning_rate) or config.learning_rate <= 0):
+        raise _usage_error("learning_rate", "a finite number > 0", config.learning_rate)
+    from keras_cgd.data.augment import TRAIN_AUGMENTATIONS
+
+    if config.augmentation is not None and config.augmentation not in TRAIN_AUGMENTATIONS:
+        raise _usage_error("augmentation", f"one of {list(TRAIN_AUGMENTATIONS)}", config.augmentation)
+    for key in ("classes_per_batch", "images_per_class", "batch_size", "repeats", "steps_per_epoch", "epochs"):
+        value = getattr(config, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                  or not 1 <= value <= MAX_BATCH_COUNT):
+            raise _usage_error(key, f"an int in [1, {MAX_BATCH_COUNT}]", value)
     training = preset["training"]
     batching = config.batching or ("ra" if training.get("batching") == "repeated_augmentation" else "pk")
     if batching not in ("pk", "ra"):

@@ -55,6 +55,14 @@ def evaluate(model, splits, ks=(1, 2, 4, 8), with_map=False, progress=False):
     from keras_cgd.evaluation import map_at_r
     from keras_cgd.evaluation import recall_at_k
 
+    need = 1 if splits.query is not None else 2
+    if len(splits.test) < need:
+        raise ValueError(
+            f"Invalid value received for argument `splits`. Recall@K needs at least {need} test image(s) "
+            f"({'a gallery to search' if need == 1 else 'a query and another image'}); the test split of "
+            f"{getattr(splits, 'name', 'the dataset')!r} has {len(splits.test)}. Received: "
+            f"{len(splits.test)} test image(s)"
+        )
     gallery = embed(model, splits.test, progress=progress, desc=f"embedding {len(splits.test)} test images")
     kwargs = {}
     if splits.query is not None:

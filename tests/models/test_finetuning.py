@@ -40,15 +40,18 @@ def test_finetuning_beats_pretrained_features_on_held_out_photos():
                                   input_shape=(SIZE, SIZE, 3))
     r1_before, map_before = copy_detection_bruteforce(model, data)
     preset = keras_cgd.get_preset("multigrain_lite0_copydetect")["training"]
-    batches = class_balanced_batches(
-        data.train, preset["classes_per_batch"], preset["images_per_class"], image_size=SIZE,
-        augmentation=preset["augmentation"], steps_per_epoch=STEPS, seed=0,
-    )
-    model.fit(batches, epochs=2, verbose=0)
+    for epoch in (0, 1):  # the same batches on every backend (JAX's first fit reads an extra iterator)
+        batches = class_balanced_batches(
+            data.train, preset["classes_per_batch"], preset["images_per_class"], image_size=SIZE,
+            augmentation=preset["augmentation"], steps_per_epoch=STEPS, seed=0, epoch=epoch,
+        )
+        model.fit(batches, epochs=1, verbose=0)
     r1_after, map_after = copy_detection_bruteforce(model, data)
     print(f"held-out copy detection: R@1 {r1_before:.3f} -> {r1_after:.3f}, mAP {map_before:.3f} -> {map_after:.3f}")
     # Measured on TF, seeds 0, 1, 2 (2026-12-01): mAP 0.366 -> 0.425, 0.411, 0.393 and R@1
     # 0.287 -> 0.333, 0.315, 0.296 after these 40 steps; after 20 steps the change is
     # within noise (-0.03 to +0.00 mAP), so the test trains 40. One query is 1/108 of R@1.
+    # JAX, seed 0, these batches: mAP 0.366 -> 0.376, R@1 0.287 -> 0.287 (a bare pass: JAX's
+    # gain is smaller; re-measure 3 seeds on JAX before trusting this margin).
     assert map_after >= map_before + 0.01, (map_before, map_after)
     assert r1_after >= r1_before, (r1_before, r1_after)

@@ -114,6 +114,17 @@ def embed_images(model, images, image_size=None, output="embedding", gem_p=None,
     return _predict_outputs(model, images, [output], gem_p, batch_size, gem_layer)[output]
 
 
+def _gem_p_variable(model, layer_name):
+    """The assignable exponent `p` of the GeM layer `layer_name` (ValueError otherwise)."""
+    variable = getattr(model.get_layer(layer_name), "p", None)
+    if variable is None or not hasattr(variable, "assign"):
+        raise ValueError(
+            f"Layer {layer_name!r} has no assignable `p` variable (a GeM layer with p=inf has "
+            "none). Expected a GeneralizedMeanPooling layer with a finite p."
+        )
+    return variable
+
+
 @contextlib.contextmanager
 def gem_p_override(model, p, layer_name="gem"):
     """Temporarily sets the GeM exponent of a trained model (p*), then restores it.
@@ -122,13 +133,7 @@ def gem_p_override(model, p, layer_name="gem"):
     >>> with gem_p_override(model, 4.0):  # doctest: +SKIP
     ...     emb = embed_images(model, images, image_size=500)
     """
-    layer = model.get_layer(layer_name)
-    variable = getattr(layer, "p", None)
-    if variable is None or not hasattr(variable, "assign"):
-        raise ValueError(
-            f"Layer {layer_name!r} has no assignable `p` variable (a GeM layer "
-            "with p=inf has none). Expected a GeneralizedMeanPooling layer."
-        )
+    variable = _gem_p_variable(model, layer_name)
     if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not np.isfinite(p) or p <= 0:
         raise ValueError(
             "Invalid value received for argument `p`. Expected a finite float > 0. "
@@ -238,12 +243,7 @@ def _dataset_images_and_labels(dataset, image_size):
 def _gem_and_classifier(model, gem_layer, classifier_layer):
     gem = model.get_layer(gem_layer)
     dense = model.get_layer(classifier_layer)
-    p = getattr(gem, "p", None)
-    if p is None or not hasattr(p, "assign"):
-        raise ValueError(
-            f"Layer {gem_layer!r} has no assignable `p` variable. Expected a "
-            "GeneralizedMeanPooling layer with a finite p."
-        )
+    p = _gem_p_variable(model, gem_layer)
     if not isinstance(dense, keras.layers.Dense) or dense.activation not in (None, keras.activations.linear):
         raise ValueError(
             f"Layer {classifier_layer!r} must be a Dense layer without activation applied to the "

@@ -37,7 +37,7 @@ import time
 import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = ("01_quickstart.ipynb", "02_train_cub200.ipynb", "03_export_and_serve.ipynb")
+NOTEBOOKS = ("01_quickstart.ipynb", "02_train_cub200.ipynb", "03_export_and_serve.ipynb", "04_published_checkpoints.ipynb")
 
 
 def _step(message):

@@ -6,6 +6,7 @@ fresh environment through its install cell against the built wheel (.ci/check_wh
 import importlib.util
 import json
 import os
+import re
 
 import pytest
 
@@ -13,7 +14,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = ("01_quickstart.ipynb", "02_train_cub200.ipynb", "03_export_and_serve.ipynb")
+NOTEBOOKS = ("01_quickstart.ipynb", "02_train_cub200.ipynb", "03_export_and_serve.ipynb", "04_published_checkpoints.ipynb")
 
 
 def _sync():
@@ -115,6 +116,12 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
         assert "Recall@K after:" in outputs
         saved = [v for v in (tmp_path / "savedmodels" / "cgd_resnet50_cub200").iterdir()]
         assert saved and (saved[0] / "saved_model.pb").is_file()
+    elif name == "04_published_checkpoints.ipynb":
+        assert "wrote the random stand-in multigrain_standin.npz" in outputs
+        assert "MultiGrainModel | GeM p = 3.0" in outputs
+        assert "references (54, 2048) | queries (16, 2048)" in outputs
+        assert re.search(r"copy found at rank 1 for \d+% of 16 queries", outputs), outputs
+        assert (tmp_path / "copies.png").is_file()
     else:
         assert "cosine with the local model" in outputs
         cos_line = next(line for line in outputs.splitlines() if "cosine with the local model" in line)

@@ -483,6 +483,7 @@ def _export_in_subprocess(model, model_dir, version, preprocessing, max_image_pi
     """
     import keras_cgd
 
+    shown_dir = model_dir  # the returned path keeps the caller's form (relative stays relative)
     model_dir = os.path.abspath(model_dir)
     os.makedirs(model_dir, exist_ok=True)
     remove_stale_temporaries(model_dir)
@@ -534,8 +535,9 @@ def _export_in_subprocess(model, model_dir, version, preprocessing, max_image_pi
                 )
                 raise error_type(result["error"])
             if proc.returncode == 0 and result.get("written"):
-                return _publish(request["output_dir"], model_dir,
-                                _resolve_version(model_dir, version))
+                final = _publish(request["output_dir"], model_dir,
+                                 _resolve_version(model_dir, version))
+                return os.path.join(shown_dir, os.path.basename(final))
         raise RuntimeError(
             "The TensorFlow-backend export subprocess failed "
             f"(exit code {proc.returncode}).\n{stderr[-4000:]}"

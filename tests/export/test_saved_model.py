@@ -91,15 +91,16 @@ def test_layout_version_and_metadata_file(cgd):
     }
 
 
-def test_next_version_ignores_non_numeric_children(tmp_path):
-    model_dir = tmp_path / "mg"
+def test_next_version_ignores_non_numeric_children(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model_dir = "mg"  # relative: the returned path keeps the caller's form on every backend
     for name in ("3", "abc", ".tmp-9-deadbeef"):
-        (model_dir / name).mkdir(parents=True)
-    (model_dir / "12").write_text("a file, not a version directory")
-    assert list_versions(str(model_dir)) == [3]
+        (tmp_path / model_dir / name).mkdir(parents=True)
+    (tmp_path / model_dir / "12").write_text("a file, not a version directory")
+    assert list_versions(model_dir) == [3]
     model = keras_cgd.build_model("multigrain_tiny", num_classes=5)
     path = export_saved_model(model, model_dir)
-    assert path == os.path.join(str(model_dir), "4")
+    assert path == os.path.join(model_dir, "4")
     loaded = tf.saved_model.load(path)
     x = np.random.RandomState(1).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
     got = loaded.signatures["serving_pixels"](images=tf.constant(x))

@@ -8,7 +8,8 @@ it for any keras-cgd model and draws the two histograms (the README picture):
         [--dataset photo_views] [--png docs/score_histograms.png]
 
 Pairs are the held-out test classes of the dataset (every unordered pair of test
-images; "matching" = same class). `keras_cgd.evaluation.whiten_model` (one call) centres
+images; "matching" = same class); for a copy-detection dataset (photo_copies, the default
+job's), every (attacked copy, reference) pair, "matching" = the copy of that reference. `keras_cgd.evaluation.whiten_model` (one call) centres
 (`power=0`) or PCA-whitens (`power=0.5`, MultiGrain) the embeddings, fit on the
 training-class images (disjoint from the pairs) or on the gallery (the test images
 themselves, unsupervised). For each variant:
@@ -42,6 +43,16 @@ def pair_scores(embeddings, labels, max_pairs=200_000, seed=0):
     return np.sum(e[i] * e[j], axis=1), np.asarray(labels)[i] == np.asarray(labels)[j]
 
 
+def cross_scores(queries, query_labels, references, reference_labels):
+    """Cosines of every (query, reference) pair and whether the query is a copy of it."""
+    q = np.asarray(queries, np.float64)
+    r = np.asarray(references, np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    r = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+    same = np.asarray(query_labels)[:, None] == np.asarray(reference_labels)[None, :]
+    return (q @ r.T).ravel(), same.ravel()
+
+
 def equal_error_threshold(scores, same):
     """Threshold where the false-match and false-non-match rates are equal (brute force)."""
     candidates = np.unique(np.quantile(scores, np.linspace(0, 1, 2001)))
@@ -69,6 +80,12 @@ def describe(test_scores, test_same, fit_scores, fit_same):
     }
 
 
+def _fits_full_whitening(model, part):
+    """Whether `part` has more images than twice the embedding's dimensions (a full PCA
+    whitening of fewer is (near-)singular)."""
+    return len(part) > 2 * (int(model.output["embedding"].shape[-1]) + 1)
+
+
 def measure(model, splits):
     """The figures for raw and whitened embeddings of `model` on `splits` (in-memory images)."""
     from keras_cgd.evaluation import whiten_model
@@ -80,19 +97,23 @@ def measure(model, splits):
         "raw": model,
         "centred_on_train_classes": whiten_model(model, splits.train.images, power=0.0),
         "centred_on_gallery": whiten_model(model, splits.test.images, power=0.0),
-        "whitened_on_train_classes": whiten_model(model, splits.train.images),
-        "whitened_on_gallery": whiten_model(model, splits.test.images),
     }
+    for name, part in (("whitened_on_train_classes", splits.train), ("whitened_on_gallery", splits.test)):
+        if _fits_full_whitening(model, part):  # else (near-)singular: whitening is not measured
+            variants[name] = whiten_model(model, part.images)
     out, scores = {}, {}
     for name, m in variants.items():
-        test = pair_scores(embed(m, splits.test), splits.test.labels)
+        if splits.query is not None:  # copy detection: every (query, reference) pair
+            test = cross_scores(embed(m, splits.query), splits.query.labels, embed(m, splits.test), splits.test.labels)
+        else:
+            test = pair_scores(embed(m, splits.test), splits.test.labels)
         fit = pair_scores(embed(m, splits.train), splits.train.labels)
         out[name] = describe(*test, *fit)
         scores[name] = test
     return out, scores
 
 
-def draw(scores, figures, path, title):
+def draw(scores, figures, path, title, names=("different class", "same class")):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,16 +124,16 @@ def draw(scores, figures, path, title):
     for ax, (key, label) in zip(axes, panels):
         s, same = scores[key]
         bins = np.linspace(-1.0, 1.0, 161)
-        ax.hist(s[~same], bins=bins, density=True, alpha=0.6, label="different class", color="tab:red")
-        ax.hist(s[same], bins=bins, density=True, alpha=0.6, label="same class", color="tab:green")
+        ax.hist(s[~same], bins=bins, density=True, alpha=0.6, label=names[0], color="tab:red")
+        ax.hist(s[same], bins=bins, density=True, alpha=0.6, label=names[1], color="tab:green")
         f = figures[key]
         ax.set_title(f"{label}\nnon-matching mean {f['non_matching_mean']:.3f}, matching {f['matching_mean']:.3f}, "
                      f"AUC {f['roc_auc']:.3f}", fontsize=9)
         ax.set_xlabel("cosine score")
         ax.set_xlim(-1, 1)
-        if key == "raw":  # zoom on the narrow cone
+        lo = float(np.quantile(s, 0.001))
+        if key == "raw" and lo > 0.5:  # zoom on a narrow cone
             inset = ax.inset_axes([0.08, 0.3, 0.55, 0.55])
-            lo = float(np.quantile(s, 0.001))
             zoom = np.linspace(lo, 1.0, 81)
             inset.hist(s[~same], bins=zoom, density=True, alpha=0.6, color="tab:red")
             inset.hist(s[same], bins=zoom, density=True, alpha=0.6, color="tab:green")
@@ -152,15 +173,20 @@ def main(argv=None):
         "model_name": model.name,
         "dataset": args.dataset,
         "test_images": len(splits.test),
+        "query_images": len(splits.query) if splits.query is not None else 0,
         "train_images": len(splits.train),
         "backend": keras.backend.backend(),
         **figures,
+        "not_measured": sorted({"whitened_on_train_classes", "whitened_on_gallery"} - set(figures)),
         "png": os.path.relpath(os.path.abspath(args.png), REPO),
         "seconds": round(time.time() - start, 1),
     }
     label = args.label or model.name
     result["label"] = label
-    draw(scores, figures, args.png, f"{label} on {args.dataset}: cosine scores of held-out test pairs")
+    copies = splits.query is not None
+    draw(scores, figures, args.png,
+         f"{label} on {args.dataset}: cosine scores of held-out " + ("(copy, reference) pairs" if copies else "test pairs"),
+         names=("not a copy", "copy of the reference") if copies else ("different class", "same class"))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:

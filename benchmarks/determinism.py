@@ -12,12 +12,14 @@ Prints one JSON line; writes `benchmarks/results/determinism_<backend>.json`.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import write_result  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,11 +75,7 @@ def main(argv=None):
         "seconds": round(time.time() - start, 1),
     }
     path = args.json or os.path.join(REPO, "benchmarks", "results", f"determinism_{result['backend']}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
-    print(json.dumps(result))
+    write_result(path, result)
     return 0
 
 

@@ -37,7 +37,8 @@ import time
 import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = ("01_quickstart.ipynb", "02_train_cub200.ipynb", "03_export_and_serve.ipynb", "04_published_checkpoints.ipynb")
+sys.path.insert(0, os.path.join(REPO, "notebooks"))
+from sync_repository_url import NOTEBOOKS  # noqa: E402  (the one list of notebooks)
 
 
 def _step(message):

@@ -32,10 +32,15 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _unit(x):
+    """Rows of `x` scaled to unit L2 norm (float64)."""
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def pair_scores(embeddings, labels, max_pairs=200_000, seed=0):
     """Cosines of all unordered pairs (subsampled above `max_pairs`) and whether they match."""
-    e = np.asarray(embeddings, np.float64)
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    e = _unit(embeddings)
     i, j = np.triu_indices(len(labels), 1)
     if len(i) > max_pairs:
         keep = np.random.default_rng(seed).choice(len(i), max_pairs, replace=False)
@@ -45,10 +50,7 @@ def pair_scores(embeddings, labels, max_pairs=200_000, seed=0):
 
 def cross_scores(queries, query_labels, references, reference_labels):
     """Cosines of every (query, reference) pair and whether the query is a copy of it."""
-    q = np.asarray(queries, np.float64)
-    r = np.asarray(references, np.float64)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    r = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+    q, r = _unit(queries), _unit(references)
     same = np.asarray(query_labels)[:, None] == np.asarray(reference_labels)[None, :]
     return (q @ r.T).ravel(), same.ravel()
 

@@ -29,9 +29,9 @@ other processes hits both; the best rate of each is reported with every round's 
 and the load average before and after. Each run also records the CPU time (user +
 system, of tf.data's process; of the PyTorch process and its DataLoader workers) per
 image over the timed batches, a figure that other processes' load disturbs less than
-the rates (`cpu_speedup` = PyTorch CPU ms / keras-cgd CPU ms, best runs). The PyTorch
-baselines run in their own processes (forked DataLoader workers and TensorFlow's
-threads do not mix). Prints one JSON line and writes it to
+the rates (`cpu_speedup` = PyTorch CPU ms / keras-cgd CPU ms, best runs). Every
+pipeline, ours and the baselines, runs in a fresh process of its own (see
+`in_subprocess`). Prints one JSON line and writes it to
 benchmarks/results/input_pipeline.json. Without torch and torchvision installed the
 baselines are skipped with a message (their fields are null).
 """
@@ -230,7 +230,7 @@ def torch_order(kind, labels, args):
 
 
 def baseline(kind, paths, labels, order, args):
-    """The PyTorch pipeline, measured in this process (see `baseline_in_subprocess`)."""
+    """The PyTorch pipeline, measured in this process (see `in_subprocess`)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -242,24 +242,28 @@ def baseline(kind, paths, labels, order, args):
     return _time(it, args.batches, args.warmup, lambda: [w.pid for w in getattr(it, "_workers", [])])
 
 
-def baseline_in_subprocess(kind, folder, labels, args):
-    """Runs `baseline` in a fresh Python process, as a PyTorch user's script would.
+def in_subprocess(side, kind, folder, labels, args):
+    """Runs one pipeline (`side` "ours" or "torch") in a fresh Python process.
 
-    DataLoader workers are forked; forking this process after TensorFlow started its
-    threads is unsafe (it can crash), so the baseline never shares a process with tf.data.
+    Both sides get a process of their own, as a user's training script would: DataLoader
+    workers are forked, and forking a process after TensorFlow started its threads is
+    unsafe (it can crash); and a tf.data pipeline run earlier in a process slows the
+    ones after it (inference_batches measured 351 img/s after the other pipelines in one
+    process, 653 img/s alone).
     """
     import subprocess
 
-    with open(os.path.join(folder, f"order_{kind}.json"), "w") as f:
-        json.dump([int(i) for i in torch_order(kind, labels, args)], f)
-    cmd = [sys.executable, os.path.abspath(__file__), "--baseline-only", kind, "--folder", folder,
+    if side == "torch":
+        with open(os.path.join(folder, f"order_{kind}.json"), "w") as f:
+            json.dump([int(i) for i in torch_order(kind, labels, args)], f)
+    cmd = [sys.executable, os.path.abspath(__file__), "--only", f"{side}:{kind}", "--folder", folder,
            "--images", str(args.images), "--batches", str(args.batches), "--warmup", str(args.warmup),
            "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
            "--image-size", str(args.image_size), "--workers", str(args.workers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
-        raise RuntimeError(f"The PyTorch baseline for {kind!r} failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"The {side} pipeline {kind!r} failed:\n{proc.stderr[-2000:]}")
     out = json.loads(lines[-1])
     return out["images_per_s"], out["cpu_ms_per_image"]
 
@@ -275,16 +279,20 @@ def main():
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is kept")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
-    parser.add_argument("--baseline-only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.baseline_only:
+    if args.only:
+        side, kind = args.only.split(":")
         paths = [os.path.join(args.folder, f"{i:05d}.jpg") for i in range(args.images)]
         with open(os.path.join(args.folder, "labels.json")) as f:
             labels = json.load(f)
-        with open(os.path.join(args.folder, f"order_{args.baseline_only}.json")) as f:
-            order = json.load(f)
-        rate, cpu = baseline(args.baseline_only, paths, labels, order, args)
+        if side == "torch":
+            with open(os.path.join(args.folder, f"order_{kind}.json")) as f:
+                order = json.load(f)
+            rate, cpu = baseline(kind, paths, labels, order, args)
+        else:
+            rate, cpu = ours(kind, paths, np.asarray(labels, "int32"), args)
         print(json.dumps({"images_per_s": rate, "cpu_ms_per_image": cpu}))
         return
     kinds = [k for k in args.kinds.split(",") if k]
@@ -312,11 +320,11 @@ def main():
         labels = np.asarray(labels, "int32")
         for _ in range(args.rounds):
             for kind in kinds:
-                rate, cpu = ours(kind, paths, labels, args)
+                rate, cpu = in_subprocess("ours", kind, folder, labels, args)
                 runs[kind]["keras_cgd"].append(round(rate, 1))
                 runs[kind]["keras_cgd_cpu"].append(round(cpu, 2))
                 if versions and kind != "ra_windowed_decodes":
-                    rate, cpu = baseline_in_subprocess(kind, folder, labels, args)
+                    rate, cpu = in_subprocess("torch", kind, folder, labels, args)
                     runs[kind]["torch"].append(round(rate, 1))
                     runs[kind]["torch_cpu"].append(round(cpu, 2))
     load_after = [round(v, 2) for v in os.getloadavg()]

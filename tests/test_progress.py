@@ -79,6 +79,35 @@ def test_keras_progress_draws_one_bar_per_fit_and_predict(capsys):
     assert capsys.readouterr().out == ""
 
 
+class _RecordingBar:
+    """Stands in for the tqdm bar: records the updates a callback makes."""
+
+    def __init__(self, *args, **kwargs):
+        self.n, self.updates, self.disable = 0, [], False
+
+    def update(self, k):
+        self.updates.append(k)
+        self.n += k
+
+    def set_postfix_str(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        _RecordingBar.last = self
+
+
+@pytest.mark.parametrize("steps_per_execution,batches", [(1, 6), (3, 6), (4, 6)])
+def test_keras_progress_counts_batches_with_steps_per_execution(monkeypatch, steps_per_execution, batches):
+    monkeypatch.setattr(progress, "bar", _RecordingBar)
+    model = _tiny_model()
+    model.steps_per_execution = steps_per_execution
+    x, y = np.ones((2 * batches, 3), "float32"), np.zeros((2 * batches, 1), "float32")
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[progress.keras_progress("epoch", batches)])
+    bar = _RecordingBar.last
+    # one callback per compiled call (ceil(batches / N)), and the bar reaches every batch
+    assert bar.n == batches and len(bar.updates) == -(-batches // steps_per_execution)
+
+
 def test_busy_shows_elapsed_time_only_when_enabled(capsys):
     with progress.busy("exporting to here", True, interval=0.05):
         time.sleep(0.3)

@@ -289,22 +289,26 @@ def _pipeline(data, plan_fn, steps, batch_size, size, augmentation, seed, rankin
     state = {"epoch": 0}
     total = steps * batch_size
 
-    def generate():
+    def plan_arrays():
         epoch = state["epoch"] if fixed_epoch is None else int(fixed_epoch)
         state["epoch"] += 1
         rng = np.random.default_rng([base_seed, epoch])
         idx = np.asarray(plan_fn(rng), dtype="int64")
         starts, counts = plan_groups(idx, batch_size, copies)
-        yield idx[starts].astype("int32"), counts.astype("int32"), starts + np.int64(epoch) * total
+        return idx[starts].astype("int32"), counts.astype("int32"), starts + np.int64(epoch) * total
 
-    groups = tf.data.Dataset.from_generator(
-        generate,
-        output_signature=(
-            tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None], tf.int64),
-        ),
-    ).unbatch()
+    # The plan reaches tf.data as whole arrays, once per iteration, never element by
+    # element from Python (a `from_generator` source doubled the CPU per image:
+    # benchmarks/pipeline_overhead.py).
+    if fixed_epoch is not None:
+        groups = tf.data.Dataset.from_tensors(tuple(tf.constant(a) for a in plan_arrays()))
+    else:
+        def planned(_):
+            out = tf.numpy_function(plan_arrays, [], (tf.int32, tf.int32, tf.int64), stateful=True)
+            return tuple(tf.ensure_shape(a, [None]) for a in out)
+
+        groups = tf.data.Dataset.from_tensors(0).map(planned)
+    groups = groups.unbatch()
     labels = tf.constant(data.labels)
     paths, images, boxes = _sources(data)
     seed_t = tf.constant(base_seed, tf.int64)

@@ -74,6 +74,11 @@ class TrainConfig:
         export_dir: SavedModel base directory (`savedmodels`); None: no export.
         model_name: name under `export_dir` (default: the preset or family name).
         recall_ks: K values of Recall@K (default: the preset's, else 1, 2, 4, 8).
+        steps_per_execution: training batches run by one compiled call (Keras'
+            `compile(steps_per_execution=...)`; default 1). On a GPU or TPU a value
+            such as 8–32 removes the per-step dispatch from the host; the results are
+            those of 1 (it is not part of the run's identity, so a run may resume
+            with another value).
     """
 
     dataset: str = None
@@ -101,6 +106,7 @@ class TrainConfig:
     export_dir: str = "savedmodels"
     model_name: str = None
     recall_ks: tuple = None
+    steps_per_execution: int = 1
 
 
 def resolve_settings(config):
@@ -167,7 +173,8 @@ def resolve_settings(config):
 
     if config.augmentation is not None and config.augmentation not in TRAIN_AUGMENTATIONS:
         raise _usage_error("augmentation", f"one of {list(TRAIN_AUGMENTATIONS)}", config.augmentation)
-    for key in ("classes_per_batch", "images_per_class", "batch_size", "repeats", "steps_per_epoch", "epochs"):
+    for key in ("classes_per_batch", "images_per_class", "batch_size", "repeats", "steps_per_epoch", "epochs",
+                "steps_per_execution"):
         value = getattr(config, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
                                   or not 1 <= value <= MAX_BATCH_COUNT):
@@ -209,6 +216,7 @@ def resolve_settings(config):
         "crop_to_box_source": crop_source,
         "augmentation": config.augmentation or _default_augmentation(training, batching),
         "recall_ks": [int(k) for k in (config.recall_ks or training.get("recall_ks", (1, 2, 4, 8)))],
+        "steps_per_execution": int(config.steps_per_execution or 1),
         "small": small,
         "name": config.model_name or preset_name or family,
     }

@@ -1,5 +1,6 @@
 """`train`: the training loop with per-epoch checkpoints, resume, evaluation and export."""
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -145,18 +146,19 @@ def train(config=None, log=print, progress="auto", **overrides):
         + f", backend {keras.backend.backend()}, run {run_dir}")
     schedule = step_decay_schedule(settings["learning_rate"], settings["epochs"], settings["drops"],
                                    settings["drop_factor"], convention=settings["lr_drop_convention"])
-    for epoch in range(initial_epoch, settings["epochs"]):
-        t0 = time.time()
-        batches = _batches(splits, settings, epoch, config.seed)
-        bar = _progress.keras_progress(f"epoch {epoch + 1}/{settings['epochs']}",
-                                       _progress.num_batches(batches, 1), enabled=show)
-        hist = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False,
-                         callbacks=[schedule, bar])
-        loss = float(hist.history["loss"][-1])
-        state["history"] = state.get("history", []) + [{"epoch": epoch + 1, "loss": loss}]
-        state = _save_checkpoint(model, run_dir, epoch + 1, state)
-        log(f"epoch {epoch + 1}/{settings['epochs']}  loss {loss:.4f}  lr {float(model.optimizer.learning_rate):.2g}  "
-            f"{time.time() - t0:.1f} s")
+    with _steps_per_execution(model, settings["steps_per_execution"]):  # nothing predicts in the loop
+        for epoch in range(initial_epoch, settings["epochs"]):
+            t0 = time.time()
+            batches = _batches(splits, settings, epoch, config.seed)
+            bar = _progress.keras_progress(f"epoch {epoch + 1}/{settings['epochs']}",
+                                           _progress.num_batches(batches, 1), enabled=show)
+            hist = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False,
+                             callbacks=[schedule, bar])
+            loss = float(hist.history["loss"][-1])
+            state["history"] = state.get("history", []) + [{"epoch": epoch + 1, "loss": loss}]
+            state = _save_checkpoint(model, run_dir, epoch + 1, state)
+            log(f"epoch {epoch + 1}/{settings['epochs']}  loss {loss:.4f}  lr {float(model.optimizer.learning_rate):.2g}  "
+                f"{time.time() - t0:.1f} s")
     result = evaluate(model, splits, ks, with_map=True, progress=show)
     recall_after = result["recall"]
     log(f"after training:  {format_metrics(result)}")
@@ -192,3 +194,26 @@ def train(config=None, log=print, progress="auto", **overrides):
         "splits": splits,
         "seconds": time.time() - start,
     }
+
+
+
+@contextlib.contextmanager
+def _steps_per_execution(model, n):
+    """Inside, `model.fit` runs `n` batches per compiled call; `n` is set back afterwards.
+
+    Keras reads `model.steps_per_execution` (set by `compile`) when it builds its train
+    and predict functions and then keeps them: a predict function built for 1 and run
+    after the attribute became 2 returned 64 of 96 outputs (Keras 3.15, JAX). So both
+    are rebuilt when `n` changes, on the way in and on the way out.
+    """
+    if n == model.steps_per_execution:
+        yield
+        return
+    previous = model.steps_per_execution
+    model.steps_per_execution = n
+    model.train_function = model.predict_function = None
+    try:
+        yield
+    finally:
+        model.steps_per_execution = previous
+        model.train_function = model.predict_function = None

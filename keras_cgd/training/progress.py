@@ -100,11 +100,18 @@ def keras_progress(desc, total=None, enabled=True):
                 return
             if logs and "loss" in logs:
                 self._bar.set_postfix_str(f"loss {float(logs['loss']):.4f}", refresh=False)
-            self._bar.update(1)
+            self._advance_to(batch)
 
         def on_predict_batch_end(self, batch, logs=None):
             if self._bar is not None:
-                self._bar.update(1)
+                self._advance_to(batch)
+
+        def _advance_to(self, batch):
+            # `batch` is the index of the last batch run: with steps_per_execution = N,
+            # Keras calls back once per N batches (and may count a last, partial call as N).
+            done = int(batch) + 1 if total is None else min(int(batch) + 1, int(total))
+            if done > self._bar.n:
+                self._bar.update(done - self._bar.n)
 
     return _Progress()
 

@@ -297,9 +297,9 @@ def _pipeline(data, plan_fn, steps, batch_size, size, augmentation, seed, rankin
         starts, counts = plan_groups(idx, batch_size, copies)
         return idx[starts].astype("int32"), counts.astype("int32"), starts + np.int64(epoch) * total
 
-    # The plan reaches tf.data as whole arrays, once per iteration, never element by
-    # element from Python (a `from_generator` source doubled the CPU per image:
-    # benchmarks/pipeline_overhead.py).
+    # The plan reaches tf.data as whole arrays, once per iteration: constant tensors, or
+    # one `numpy_function` call. A `from_generator` source yielding the same arrays
+    # doubled the CPU per image of the whole pipeline (benchmarks/pipeline_overhead.py).
     if fixed_epoch is not None:
         groups = tf.data.Dataset.from_tensors(tuple(tf.constant(a) for a in plan_arrays()))
     else:

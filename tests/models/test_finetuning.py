@@ -32,27 +32,39 @@ def copy_detection_bruteforce(model, data):
     return float(np.mean(ranks == 0)), float(np.mean(np.where(ranks == 0, 1.0, 0.5 / (ranks + 1))))
 
 
-def test_finetuning_beats_pretrained_features_on_held_out_photos():
-    data = load_builtin("photo_copies", image_size=SIZE, train_per_class=4, test_per_class=2)
-    train_photos = {n.split("/")[0] for n in data.class_names[: data.num_train_classes]}
-    assert not train_photos & {n.split("/")[0] for n in data.class_names[data.num_train_classes:]}
-    keras.utils.set_random_seed(SEED)
+def _finetune(data, seed):
+    """Copy-detection (R@1, mAP) of the pretrained model and after 2 epochs × STEPS."""
+    keras.utils.set_random_seed(seed)
     model = keras_cgd.build_model("multigrain_lite0_copydetect", num_classes=data.num_train_classes,
                                   input_shape=(SIZE, SIZE, 3))
-    r1_before, map_before = copy_detection_bruteforce(model, data)
+    before = copy_detection_bruteforce(model, data)
     preset = keras_cgd.get_preset("multigrain_lite0_copydetect")["training"]
     for epoch in (0, 1):  # the same batches on every backend (JAX's first fit reads an extra iterator)
         batches = class_balanced_batches(
             data.train, preset["classes_per_batch"], preset["images_per_class"], image_size=SIZE,
-            augmentation=preset["augmentation"], steps_per_epoch=STEPS, seed=SEED, epoch=epoch,
+            augmentation=preset["augmentation"], steps_per_epoch=STEPS, seed=seed, epoch=epoch,
         )
         model.fit(batches, epochs=1, verbose=0)
-    r1_after, map_after = copy_detection_bruteforce(model, data)
-    print(f"held-out copy detection: R@1 {r1_before:.3f} -> {r1_after:.3f}, mAP {map_before:.3f} -> {map_after:.3f}")
+    after = copy_detection_bruteforce(model, data)
+    print(f"seed {seed}: held-out copy detection: R@1 {before[0]:.3f} -> {after[0]:.3f}, "
+          f"mAP {before[1]:.3f} -> {after[1]:.3f}")
+    return before, after
+
+
+def test_finetuning_beats_pretrained_features_on_held_out_photos():
+    data = load_builtin("photo_copies", image_size=SIZE, train_per_class=4, test_per_class=2)
+    train_photos = {n.split("/")[0] for n in data.class_names[: data.num_train_classes]}
+    assert not train_photos & {n.split("/")[0] for n in data.class_names[data.num_train_classes:]}
     # Measured 2026-12-01 with these 40 steps, seeds 0, 1, 2 (weights and batches), from
     # mAP 0.366 / R@1 0.287: TF mAP +0.059, +0.034, +0.027 and R@1 +0.046, +0.037, +0.019;
     # JAX mAP +0.010, +0.093, +0.086 and R@1 +0.000, +0.093, +0.083. Seed 0 on JAX sits at
     # the threshold, hence seed 1. After 20 steps the change is within noise (-0.03 to
     # +0.00 mAP on TF), so the test trains 40. One query is 1/108 of R@1.
-    assert map_after >= map_before + 0.01, (map_before, map_after)
-    assert r1_after >= r1_before, (r1_before, r1_after)
+    # JAX reruns are bit-identical, so one seed is one measurement. TF/CPU reruns are not
+    # (benchmarks/determinism.py): seed 1 gave mAP +0.034 and +0.026 on this machine and
+    # -0.013 in a CI run under load, so on TF the test takes the mean over seeds 0, 1, 2.
+    seeds = (SEED,) if keras.backend.backend() == "jax" else (0, 1, 2)
+    runs = [_finetune(data, seed) for seed in seeds]
+    (r1_before, map_before), (r1_after, map_after) = (np.mean([r[i] for r in runs], axis=0) for i in (0, 1))
+    assert map_after >= map_before + 0.01, (map_before, map_after, runs)
+    assert r1_after >= r1_before, (r1_before, r1_after, runs)

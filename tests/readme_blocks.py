@@ -21,6 +21,7 @@ Blocks in other languages (`bibtex`, `text`, tables) are not code and are left a
 
 import os
 import re
+import shlex
 import sys
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -63,13 +64,21 @@ def blocks(path=README):
 
 
 def ci_script(path=README):
-    """The `ci` blocks joined into one bash script (each announced before it runs, timed after)."""
+    """The `ci` blocks joined into one bash script (each announced before it runs, timed after).
+
+    Each block runs in its own `bash -euo pipefail -c`, and the script stops at the first
+    block that fails: under `set -e`, a failure before the last `&&` of a list (such as
+    `pip install ... && KERAS_BACKEND=tensorflow pytest ... && KERAS_BACKEND=jax pytest ...`)
+    does not stop a script, and the `echo` after it would have made the script succeed.
+    """
     parts = ["set -euo pipefail"]
     for b in blocks(path):
         if b.mode == "ci":
             if b.language != "bash":
                 raise ValueError(f"{b!r}: CI runs shell blocks only")
-            parts.append(f"echo '+ README.md:{b.line}'\nSECONDS=0\n{b.code.rstrip()}\n"
+            parts.append(f"echo '+ README.md:{b.line}'\nSECONDS=0\n"
+                         f"bash -euo pipefail -c {shlex.quote(b.code.rstrip())} "
+                         f"|| {{ status=$?; echo \"README.md:{b.line} failed (exit $status)\" >&2; exit $status; }}\n"
                          f"echo \"README.md:{b.line} took $SECONDS s\"")
     return "\n".join(parts) + "\n"
 

@@ -51,6 +51,22 @@ def test_markers_are_enforced(tmp_path):
     assert got == [("bash", "ci", 2), ("python", "run", 6), ("bash", "skip", 10), ("bibtex", "run", 14)]
 
 
+def test_ci_script_stops_at_a_failing_block(tmp_path):
+    """A failure anywhere in a `ci` block, even before the last `&&`, fails the script."""
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- readme-test: ci -->\n```bash\nfalse && echo unreachable\n```\n\n"
+                      "<!-- readme-test: ci -->\n```bash\ntouch second-block-ran\n```\n")
+    script = readme_blocks.ci_script(str(readme))
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "README.md:2 failed (exit 1)" in proc.stderr
+    assert not (tmp_path / "second-block-ran").exists()
+    readme.write_text("<!-- readme-test: ci -->\n```bash\ntrue && echo 'it \"ran\"'\n```\n")
+    proc = subprocess.run(["bash", "-c", readme_blocks.ci_script(str(readme))], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and 'it "ran"' in proc.stdout, proc.stdout + proc.stderr
+
+
 def _shims(bin_dir):
     """`keras-cgd` = this checkout's entry point; `curl` = curl that fails on HTTP errors."""
     os.makedirs(bin_dir)

@@ -196,7 +196,6 @@ def train(config=None, log=print, progress="auto", **overrides):
     }
 
 
-
 @contextlib.contextmanager
 def _steps_per_execution(model, n):
     """Inside, `model.fit` runs `n` batches per compiled call; `n` is set back afterwards.

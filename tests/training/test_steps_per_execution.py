@@ -22,12 +22,12 @@ def test_steps_per_execution_trains_as_one_batch_per_call(preset, tmp_path, monk
     kw = dict(preset=preset, small=True, epochs=2, steps_per_epoch=3, export_dir=None, seed=5, recall_ks=(1,),
               log=None, progress=False)
     one = training.train(run_dir=str(tmp_path / "one"), **kw)
-    three = training.train(run_dir=str(tmp_path / "three"), steps_per_execution=2, **kw)
+    two = training.train(run_dir=str(tmp_path / "two"), steps_per_execution=2, **kw)
     assert used == [1, 1, 2, 2]  # one fit per epoch; evaluation and export run with 1 again
-    assert three["model"].steps_per_execution == 1
+    assert two["model"].steps_per_execution == 1
     # 3 batches per epoch with 2 per call: one full call and one partial call each epoch
-    np.testing.assert_allclose(three["history"], one["history"], rtol=1e-5)
-    for a, b in zip(one["model"].weights, three["model"].weights):
+    np.testing.assert_allclose(two["history"], one["history"], rtol=1e-5)
+    for a, b in zip(one["model"].weights, two["model"].weights):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a), rtol=1e-4,
                                    atol=1e-6, err_msg=a.path)
 

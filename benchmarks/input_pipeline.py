@@ -14,9 +14,20 @@ giving the same kind of index order), reading the same files in the same run:
 - `inference`: `inference_batches(image_size=224)` vs `Resize((224, 224))`, `ToTensor`.
 
 The baselines stop before `Normalize` (keras-cgd models normalise uint8 images inside).
-`ra_windowed_decodes` is a variant of `ra` built in this script for comparison: one
-`decode_and_crop_jpeg` of its own window per copy instead of one decode per image for
-its m copies (the library's way).
+Variants of `ra` measured against the same baseline, for comparison:
+
+- `ra_windowed_decodes` (built in this script): one `decode_and_crop_jpeg` of its own
+  window per copy instead of one decode per image for its m copies (the library's way);
+- `ra_plain_bilinear`: the library's `ra` with `antialias=False` (plain bilinear
+  resizing, TensorFlow's `ResizeBilinear`, instead of the antialiased triangle kernel of
+  PIL and the papers' code, `ScaleAndTranslate`);
+- `ra_read_decode` (built in this script): only reading and decoding each image once
+  for its m copies, no crop, resize or colour: the ceiling of any tf.data RA pipeline
+  on these files with TensorFlow's JPEG decoder.
+
+`resize_fidelity` compares both resizes with PIL's bilinear resize (the baseline's, and
+the papers') on RandomResizedCrop windows of the same files: mean and 99th percentile of
+the absolute difference in grey levels (0-255).
 
 The JPEGs are random ~400×350 crops (quality 90) of the photos that scikit-image,
 scikit-learn and matplotlib ship, written to a temporary folder.
@@ -49,7 +60,9 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-KINDS = ("ra", "ra_windowed_decodes", "pk", "inference")
+KINDS = ("ra", "ra_windowed_decodes", "ra_plain_bilinear", "ra_read_decode", "pk", "inference")
+# Variants timed against the `ra` baseline (no baseline of their own).
+RA_VARIANTS = ("ra_windowed_decodes", "ra_plain_bilinear", "ra_read_decode")
 
 
 def make_jpegs(folder, count, seed=0):
@@ -141,6 +154,51 @@ def _windowed_decodes_pipeline(paths, batch_size, repeats, size, steps, seed=0):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _read_decode_pipeline(paths, batch_size, repeats, size, steps, seed=0):
+    """Reads and decodes each image once for its `repeats` copies; nothing else (a ceiling)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    groups = -(-steps * batch_size // repeats)
+    order = np.concatenate([rng.permutation(len(paths)) for _ in range(-(-groups // len(paths)))])[:groups]
+    files = tf.constant(paths)
+
+    def element(i):
+        image = tf.io.decode_jpeg(tf.io.read_file(files[i]), channels=3)
+        # A corner of the decoded image per copy: batches of the shape the others emit.
+        corner = tf.image.pad_to_bounding_box(image[:size, :size], 0, 0, size, size)
+        return tf.tile(corner[None], [repeats, 1, 1, 1])
+
+    ds = tf.data.Dataset.from_tensor_slices(order.astype("int32"))
+    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    return ds.batch(batch_size, drop_remainder=True).map(lambda x: (x, 0)).prefetch(tf.data.AUTOTUNE)
+
+
+def resize_fidelity(paths, size, crops=120, seed=0):
+    """Mean / p99 |difference| (grey levels) of the two TF resizes against PIL's bilinear."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from keras_cgd.data import augment as aug
+
+    diffs = {"antialiased": [], "plain_bilinear": []}
+    for n in range(crops):
+        contents = tf.io.read_file(paths[n % len(paths)])
+        image = tf.io.decode_jpeg(contents, channels=3)
+        y, x, h, w = aug.random_resized_crop_window(tf.constant([seed, n]), tf.shape(image)[0],
+                                                    tf.shape(image)[1]).numpy()
+        crop = image[y:y + h, x:x + w]
+        pil = np.asarray(Image.fromarray(crop.numpy()).resize((size, size), Image.BILINEAR), np.float32)
+        for name, antialias in (("antialiased", True), ("plain_bilinear", False)):
+            ours_ = aug._round_to_uint8(aug.resize_bilinear(crop, (size, size), antialias)).numpy()
+            diffs[name].append(np.abs(ours_.astype(np.float32) - pil).ravel())
+    out = {}
+    for name, d in diffs.items():
+        d = np.concatenate(d)
+        out[name] = {"mean_abs_levels": round(float(d.mean()), 3), "p99_abs_levels": float(np.percentile(d, 99))}
+    return out
+
+
 def ours(kind, paths, labels, args):
     from keras_cgd import data as kdata
 
@@ -152,6 +210,12 @@ def ours(kind, paths, labels, args):
                                                  augmentation="multigrain", steps_per_epoch=steps, seed=0)
     elif kind == "ra_windowed_decodes":
         ds = _windowed_decodes_pipeline(paths, args.batch_size, args.repeats, size, steps)
+    elif kind == "ra_plain_bilinear":
+        ds = kdata.repeated_augmentation_batches(data, args.batch_size, args.repeats, image_size=size,
+                                                 augmentation="multigrain", steps_per_epoch=steps, seed=0,
+                                                 antialias=False)
+    elif kind == "ra_read_decode":
+        ds = _read_decode_pipeline(paths, args.batch_size, args.repeats, size, steps)
     elif kind == "pk":
         ds = kdata.class_balanced_batches(data, args.batch_size // 4, 4, image_size=size, augmentation="cgd",
                                           steps_per_epoch=steps, seed=0)
@@ -323,10 +387,11 @@ def main():
                 rate, cpu = in_subprocess("ours", kind, folder, labels, args)
                 runs[kind]["keras_cgd"].append(round(rate, 1))
                 runs[kind]["keras_cgd_cpu"].append(round(cpu, 2))
-                if versions and kind != "ra_windowed_decodes":
+                if versions and kind not in RA_VARIANTS:
                     rate, cpu = in_subprocess("torch", kind, folder, labels, args)
                     runs[kind]["torch"].append(round(rate, 1))
                     runs[kind]["torch_cpu"].append(round(cpu, 2))
+        fidelity = resize_fidelity(paths, args.image_size) if any(k.startswith("ra") for k in kinds) else None
     load_after = [round(v, 2) for v in os.getloadavg()]
 
     result = {
@@ -345,8 +410,8 @@ def main():
     }
     base = runs.get("ra", {"torch": [], "torch_cpu": []})
     for kind in kinds:
-        r = runs[kind] if kind != "ra_windowed_decodes" else {**runs[kind], "torch": base["torch"],
-                                                               "torch_cpu": base["torch_cpu"]}
+        r = runs[kind] if kind not in RA_VARIANTS else {**runs[kind], "torch": base["torch"],
+                                                        "torch_cpu": base["torch_cpu"]}
         mine, mine_cpu = max(r["keras_cgd"]), min(r["keras_cgd_cpu"])
         theirs = max(r["torch"]) if r["torch"] else None
         theirs_cpu = min(r["torch_cpu"]) if r["torch_cpu"] else None
@@ -362,6 +427,8 @@ def main():
             "torch_cpu_runs": r["torch_cpu"],
             "cpu_speedup": None if not theirs_cpu else round(theirs_cpu / mine_cpu, 2),
         }
+    if fidelity:
+        result["resize_fidelity"] = fidelity
     result.update({"tensorflow": tf.__version__, **(versions or {"torch": None}),
                    "python": platform.python_version()})
     line = json.dumps(result)

@@ -46,6 +46,9 @@ def add_parser(sub):
     p.add_argument("--ks", type=positive_int, nargs="+", default=None, help="K values of Recall@K")
     p.add_argument("--steps-per-execution", type=positive_int, default=1, metavar="N",
                    help="training batches per compiled call (default 1; 8-32 on a GPU, see the README)")
+    p.add_argument("--no-antialias", dest="antialias", action="store_false",
+                   help="resize training crops with plain bilinear instead of the antialiased kernel of PIL "
+                   "and the papers: a faster input pipeline (see the README); evaluation still antialiases")
     add_backend(p)
     p.set_defaults(run=run)
     return p
@@ -65,6 +68,7 @@ def run(args):
         small=args.small, run_dir=args.run_dir, fresh=args.fresh,
         export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
         recall_ks=tuple(args.ks) if args.ks else None, steps_per_execution=args.steps_per_execution,
+        antialias=args.antialias,
     )
     result = training.train(config, log=lambda line: print(line, flush=True))
     print(f"done in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")

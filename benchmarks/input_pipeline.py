@@ -205,15 +205,12 @@ def ours(kind, paths, labels, args):
     steps = args.batches + args.warmup
     data = kdata.ImageDataset(labels, [str(i) for i in range(max(labels) + 1)], paths=paths, root="bench")
     size = args.image_size
-    if kind == "ra":
-        ds = kdata.repeated_augmentation_batches(data, args.batch_size, args.repeats, image_size=size,
-                                                 augmentation="multigrain", steps_per_epoch=steps, seed=0)
-    elif kind == "ra_windowed_decodes":
-        ds = _windowed_decodes_pipeline(paths, args.batch_size, args.repeats, size, steps)
-    elif kind == "ra_plain_bilinear":
+    if kind in ("ra", "ra_plain_bilinear"):
         ds = kdata.repeated_augmentation_batches(data, args.batch_size, args.repeats, image_size=size,
                                                  augmentation="multigrain", steps_per_epoch=steps, seed=0,
-                                                 antialias=False)
+                                                 antialias=kind == "ra")
+    elif kind == "ra_windowed_decodes":
+        ds = _windowed_decodes_pipeline(paths, args.batch_size, args.repeats, size, steps)
     elif kind == "ra_read_decode":
         ds = _read_decode_pipeline(paths, args.batch_size, args.repeats, size, steps)
     elif kind == "pk":

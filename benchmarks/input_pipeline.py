@@ -21,6 +21,11 @@ Variants of `ra` measured against the same baseline, for comparison:
 - `ra_plain_bilinear`: the library's `ra` with `antialias=False` (plain bilinear
   resizing, TensorFlow's `ResizeBilinear`, instead of the antialiased triangle kernel of
   PIL and the papers' code, `ScaleAndTranslate`);
+- `ra_flip_and_color_in_model`, `ra_plain_bilinear_flip_and_color_in_model`: `ra` and
+  `ra_plain_bilinear` with `flip_and_color=False`, the batches for a model that flips and
+  colours them itself on the accelerator (`MultiGrainColorAugmentation`). That work is
+  not gone: `flip_and_color_layer` records what the layer's map costs on this CPU, as
+  XLA-compiled by the Keras backend at hand, per image of a batch;
 - `ra_read_decode` (built in this script): only reading and decoding each image once
   for its m copies, no crop, resize or colour: the ceiling of any tf.data RA pipeline
   on these files with TensorFlow's JPEG decoder.
@@ -60,9 +65,11 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-KINDS = ("ra", "ra_windowed_decodes", "ra_plain_bilinear", "ra_read_decode", "pk", "inference")
+KINDS = ("ra", "ra_windowed_decodes", "ra_plain_bilinear", "ra_flip_and_color_in_model",
+         "ra_plain_bilinear_flip_and_color_in_model", "ra_read_decode", "pk", "inference")
 # Variants timed against the `ra` baseline (no baseline of their own).
-RA_VARIANTS = ("ra_windowed_decodes", "ra_plain_bilinear", "ra_read_decode")
+RA_VARIANTS = ("ra_windowed_decodes", "ra_plain_bilinear", "ra_flip_and_color_in_model",
+               "ra_plain_bilinear_flip_and_color_in_model", "ra_read_decode")
 
 
 def make_jpegs(folder, count, seed=0):
@@ -174,6 +181,36 @@ def _read_decode_pipeline(paths, batch_size, repeats, size, steps, seed=0):
     return ds.batch(batch_size, drop_remainder=True).map(lambda x: (x, 0)).prefetch(tf.data.AUTOTUNE)
 
 
+def flip_and_color_layer_cost(batch_size, size, calls=10):
+    """CPU ms per image of `MultiGrainColorAugmentation`'s map on a uint8 batch, compiled
+    by the Keras backend at hand (what the layer costs where no accelerator takes it)."""
+    import keras
+
+    from keras_cgd.layers import MultiGrainColorAugmentation
+
+    layer = MultiGrainColorAugmentation(seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    params, flips = layer.draw(batch_size)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        fn = jax.jit(layer.transform)
+    else:
+        import tensorflow as tf
+
+        fn = tf.function(layer.transform, jit_compile=True)
+    done = lambda out: keras.ops.convert_to_numpy(out[:1, :1, :1])  # noqa: E731  (waits for the result)
+    for _ in range(3):
+        done(fn(x, params, flips))
+    cpu = _cpu_seconds()
+    start = time.perf_counter()
+    for _ in range(calls):
+        done(fn(x, params, flips))
+    n = calls * batch_size
+    return {"backend": keras.backend.backend(), "cpu_ms_per_image": round((_cpu_seconds() - cpu) / n * 1e3, 3),
+            "wall_ms_per_image": round((time.perf_counter() - start) / n * 1e3, 3)}
+
+
 def resize_fidelity(paths, size, crops=120, seed=0):
     """Mean / p99 |difference| (grey levels) of the two TF resizes against PIL's bilinear."""
     import tensorflow as tf
@@ -205,10 +242,11 @@ def ours(kind, paths, labels, args):
     steps = args.batches + args.warmup
     data = kdata.ImageDataset(labels, [str(i) for i in range(max(labels) + 1)], paths=paths, root="bench")
     size = args.image_size
-    if kind in ("ra", "ra_plain_bilinear"):
+    if kind in ("ra", "ra_plain_bilinear", "ra_flip_and_color_in_model", "ra_plain_bilinear_flip_and_color_in_model"):
         ds = kdata.repeated_augmentation_batches(data, args.batch_size, args.repeats, image_size=size,
                                                  augmentation="multigrain", steps_per_epoch=steps, seed=0,
-                                                 antialias=kind == "ra")
+                                                 antialias="plain_bilinear" not in kind,
+                                                 flip_and_color=not kind.endswith("_in_model"))
     elif kind == "ra_windowed_decodes":
         ds = _windowed_decodes_pipeline(paths, args.batch_size, args.repeats, size, steps)
     elif kind == "ra_read_decode":
@@ -389,6 +427,8 @@ def main():
                     runs[kind]["torch"].append(round(rate, 1))
                     runs[kind]["torch_cpu"].append(round(cpu, 2))
         fidelity = resize_fidelity(paths, args.image_size) if any(k.startswith("ra") for k in kinds) else None
+    layer_cost = (flip_and_color_layer_cost(args.batch_size, args.image_size)
+                  if any(k.endswith("_in_model") for k in kinds) else None)
     load_after = [round(v, 2) for v in os.getloadavg()]
 
     result = {
@@ -426,6 +466,8 @@ def main():
         }
     if fidelity:
         result["resize_fidelity"] = fidelity
+    if layer_cost:
+        result["flip_and_color_layer"] = layer_cost
     result.update({"tensorflow": tf.__version__, **(versions or {"torch": None}),
                    "python": platform.python_version()})
     line = json.dumps(result)

@@ -49,6 +49,9 @@ def add_parser(sub):
     p.add_argument("--no-antialias", dest="antialias", action="store_false",
                    help="resize training crops with plain bilinear instead of the antialiased kernel of PIL "
                    "and the papers: a faster input pipeline (see the README); evaluation still antialiases")
+    p.add_argument("--flip-and-color-in-model", action="store_true",
+                   help="MultiGrain (repeated augmentation): the model flips and colours the training batches on "
+                   "the accelerator instead of the CPU input pipeline (see the README); no effect at inference")
     add_backend(p)
     p.set_defaults(run=run)
     return p
@@ -68,7 +71,7 @@ def run(args):
         small=args.small, run_dir=args.run_dir, fresh=args.fresh,
         export_dir=None if args.no_export else args.export_dir, model_name=args.model_name,
         recall_ks=tuple(args.ks) if args.ks else None, steps_per_execution=args.steps_per_execution,
-        antialias=args.antialias,
+        antialias=args.antialias, flip_and_color_in_model=args.flip_and_color_in_model,
     )
     result = training.train(config, log=lambda line: print(line, flush=True))
     print(f"done in {result['seconds']:.0f} s; checkpoint {result['checkpoint']}")

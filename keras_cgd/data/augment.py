@@ -37,16 +37,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
-# AlexNet / fb.resnet.torch PCA of ImageNet RGB pixels (0-1 scale), as used by MultiGrain.
-IMAGENET_PCA_EIGENVALUES = np.array([0.2175, 0.0188, 0.0045], dtype="float32")
-IMAGENET_PCA_EIGENVECTORS = np.array(
-    [
-        [-0.5675, 0.7192, 0.4009],
-        [-0.5808, -0.0045, -0.8140],
-        [-0.5836, -0.6948, 0.4203],
-    ],
-    dtype="float32",
-)
+from keras_cgd._color_fold import IMAGENET_PCA_EIGENVALUES  # noqa: F401 (re-exported)
+from keras_cgd._color_fold import IMAGENET_PCA_EIGENVECTORS  # noqa: F401
+from keras_cgd._color_fold import folded_coefficients
+from keras_cgd._color_fold import gray3
 
 TRAIN_AUGMENTATIONS = ("cgd", "multigrain", "flip", "none")
 
@@ -193,11 +187,6 @@ def multigrain_color_params(seed, num, jitter=0.3, lighting=0.1):
     return tf.concat([factors, tf.cast(order, tf.float32), alpha], axis=1)
 
 
-def _gray3(v):
-    """ITU-R 601-2 luma of `(..., 3)` colours (PIL / torchvision weights)."""
-    return tf.reduce_sum(v * tf.constant([0.299, 0.587, 0.114], tf.float32), axis=-1)
-
-
 def folded_color_transform(images, params, lighting=0.1, max_value=255.0):
     r"""ColorJitter (random order) then PCA Lighting, folded into one affine map per image.
 
@@ -234,41 +223,12 @@ def folded_color_transform(images, params, lighting=0.1, max_value=255.0):
     lighting); MultiGrain `augmentations/transforms.py`.
     """
     x = tf.cast(images, tf.float32)
-    a, b, o, rgb = _folded_coefficients(tf.reduce_mean(x, axis=[1, 2]), params)
+    a, b, o, rgb = folded_coefficients(tf.reduce_mean(x, axis=[1, 2]), params, tf)
     scale = 1.0 / (1.0 + lighting)
-    gray = _gray3(x)[..., None]
+    gray = gray3(x)[..., None]
     y = a[:, None, None, None] * x + b[:, None, None, None] * gray + o[:, None, None, :]
     y = tf.clip_by_value(y, 0.0, max_value)
     return tf.clip_by_value((y + (max_value * rgb)[:, None, None, :]) * scale, 0.0, max_value)
-
-
-def _folded_coefficients(mean, params):
-    """`(a, b, o, rgb)` of `folded_color_transform` from the images' mean colours `(B, 3)`.
-
-    a, b: `(B,)`; o: `(B, 3)` the jitter's colour offset (pixel scale); rgb: `(B, 3)` the
-    PCA lighting colour V(α·λ) on the [0, 1] scale.
-    """
-    params = tf.cast(params, tf.float32)
-    fb, fc, fs = params[:, 0], params[:, 1], params[:, 2]
-    order = tf.cast(params[:, 3:6], tf.int32)
-    a = tf.ones_like(fb)
-    b = tf.zeros_like(fb)
-    o = tf.zeros_like(mean)
-    gray_mean = _gray3(mean)
-    for position in range(3):
-        step = order[:, position]
-        # brightness
-        ab, bb, ob = fb * a, fb * b, fb[:, None] * o
-        # contrast (blend with the mean grey of the current image)
-        m = (a + b) * gray_mean + _gray3(o)
-        ac, bc, oc = fc * a, fc * b, fc[:, None] * o + ((1.0 - fc) * m)[:, None]
-        # saturation (blend with the per-pixel grey)
-        as_, bs, os_ = fs * a, fs * b + (1.0 - fs) * (a + b), fs[:, None] * o + ((1.0 - fs) * _gray3(o))[:, None]
-        a = tf.where(step == 0, ab, tf.where(step == 1, ac, as_))
-        b = tf.where(step == 0, bb, tf.where(step == 1, bc, bs))
-        o = tf.where((step == 0)[:, None], ob, tf.where((step == 1)[:, None], oc, os_))
-    rgb = tf.matmul(params[:, 6:9] * IMAGENET_PCA_EIGENVALUES, IMAGENET_PCA_EIGENVECTORS, transpose_b=True)
-    return a, b, o, rgb
 
 
 def _round_to_uint8(x):
@@ -281,7 +241,7 @@ def _folded_color_uint8_xla(images, params, lighting, flips):
     # (B, H, W) that XLA vectorises; a reduction over a last axis of 3 does not) and
     # rounded half up: 2.8x faster on CPU than the (B, H, W, 3) form.
     x = tf.cast(images, tf.float32)
-    a, b, o, rgb = _folded_coefficients(tf.reduce_mean(x, axis=[1, 2]), params)
+    a, b, o, rgb = folded_coefficients(tf.reduce_mean(x, axis=[1, 2]), params, tf)
     scale = 1.0 / (1.0 + lighting)
     planes = [x[..., c] for c in range(3)]
     gray = 0.299 * planes[0] + 0.587 * planes[1] + 0.114 * planes[2]

@@ -6,6 +6,7 @@ from keras_cgd.layers.generalized_mean_pooling import GeneralizedMeanPooling
 from keras_cgd.layers.image_normalization import ImageNormalization
 from keras_cgd.layers.l2_normalization import L2Normalization
 from keras_cgd.layers.margin_state import MarginState
+from keras_cgd.layers.multigrain_color import MultiGrainColorAugmentation
 
 __all__ = [
     "CombinedGlobalDescriptor",
@@ -14,4 +15,5 @@ __all__ = [
     "ImageNormalization",
     "L2Normalization",
     "MarginState",
+    "MultiGrainColorAugmentation",
 ]

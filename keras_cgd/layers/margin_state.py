@@ -3,10 +3,11 @@
 import keras
 
 from keras_cgd.api_export import keras_cgd_export
+from keras_cgd.layers._seed_state import SavesSeedState
 
 
 @keras_cgd_export
-class MarginState(keras.layers.Layer):
+class MarginState(SavesSeedState, keras.layers.Layer):
     """Identity layer that owns the margin loss's learnable boundary β.
 
     β (and the random state of distance-weighted sampling) must be model
@@ -40,21 +41,6 @@ class MarginState(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    # Keras' default `save_own_variables` keeps `beta` only: a `SeedGenerator`'s state
-    # is not among a layer's trainable / non-trainable variables. Saving it too makes
-    # a resumed run sample the same negatives as an uninterrupted one (on JAX, where the
-    # state is threaded through the train step, and on TensorFlow). A checkpoint written
-    # before this (one variable) still loads; its sampling restarts from the seed.
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store["seed_generator_state"] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        if "seed_generator_state" in store:
-            self.seed_generator.state.assign(store["seed_generator_state"])
-            store = {k: store[k] for k in store.keys() if k != "seed_generator_state"}
-        super().load_own_variables(store)
 
     def get_config(self):
         config = super().get_config()

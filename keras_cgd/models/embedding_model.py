@@ -62,11 +62,13 @@ class EmbeddingModel(keras.Model):
         std,
         channel_order,
         backbone_strides=None,
+        augmentation=None,
     ):
-        """Inputs → ImageNormalization → backbone feature map.
+        """Inputs → [augmentation →] ImageNormalization → backbone feature map.
 
         `backbone_strides`: per-stage strides of a tv_resnet* backbone (None:
-        the backbone's own).
+        the backbone's own). `augmentation`: a training-only layer applied to the
+        input pixels first (None: none).
 
         Returns `(inputs, feature_map, normalization)`.
         """
@@ -78,7 +80,8 @@ class EmbeddingModel(keras.Model):
             "channel_order": channel_order or default["channel_order"],
         }
         inputs = keras.Input(input_shape, name="images")
-        x = ImageNormalization(**normalization, name="normalization")(inputs)
+        x = inputs if augmentation is None else augmentation(inputs)
+        x = ImageNormalization(**normalization, name="normalization")(x)
         net = build_backbone(
             backbone,
             input_shape=input_shape,

@@ -6,6 +6,7 @@ from keras_cgd.api_export import keras_cgd_export
 from keras_cgd.layers.generalized_mean_pooling import GeneralizedMeanPooling
 from keras_cgd.layers.l2_normalization import L2Normalization
 from keras_cgd.layers.margin_state import MarginState
+from keras_cgd.layers.multigrain_color import MultiGrainColorAugmentation
 from keras_cgd.losses.margin import MarginLoss
 from keras_cgd.models.embedding_model import EmbeddingModel
 from keras_cgd.models.embedding_model import _check_num_classes
@@ -54,6 +55,11 @@ class MultiGrainModel(EmbeddingModel):
             2049-d for ResNet-50) and the classifier reads `phi`. `m`, `P`
             are non-trainable weights of the `pca_whitening` layer, loaded
             from the checkpoint (`from_checkpoint`). Default False.
+        flip_and_color: put `keras_cgd.layers.MultiGrainColorAugmentation` in front
+            of the normalisation, so that training flips and colours the batches on the
+            accelerator; feed it `repeated_augmentation_batches(...,
+            flip_and_color=False)`. It does nothing at inference. Default False (the
+            pipelines flip and colour on the CPU).
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class MultiGrainModel(EmbeddingModel):
         beta_lr_multiplier=1.0,
         seed=None,
         whitening=False,
+        flip_and_color=False,
         **kwargs,
     ):
         _check_num_classes(num_classes)
@@ -95,9 +102,20 @@ class MultiGrainModel(EmbeddingModel):
             )
         if num_classes is None and classification_weight > 0:
             classification_weight = 0.0
+        if not isinstance(flip_and_color, bool):
+            raise ValueError(
+                "Invalid value received for argument `flip_and_color`. Expected a bool. "
+                f"Received: flip_and_color={flip_and_color!r}"
+            )
         init_config = self._config_from_arguments(locals())
+        augmentation = None
+        if flip_and_color:
+            augmentation = MultiGrainColorAugmentation(
+                seed=None if seed is None else int(seed) + 1, name="flip_and_color"
+            )
         inputs, feature_map, normalization = self._build_trunk(
-            backbone, input_shape, weights, last_stride, freeze_bn_statistics, mean, std, channel_order
+            backbone, input_shape, weights, last_stride, freeze_bn_statistics, mean, std, channel_order,
+            augmentation=augmentation,
         )
         raw = GeneralizedMeanPooling(p=gem_p, trainable_p=trainable_p, name="gem")(feature_map)
         if whitening:

@@ -39,7 +39,7 @@ def _batches(splits, settings, epoch, seed):
         splits.train, settings["batch_size"], settings["repeats"], image_size=settings["image_size"],
         augmentation=settings["augmentation"], epoch_length_factor=settings["epoch_length_factor"],
         steps_per_epoch=settings["steps_per_epoch"], seed=int(seed), epoch=int(epoch),
-        antialias=settings["antialias"],
+        antialias=settings["antialias"], flip_and_color=not settings["flip_and_color_in_model"],
     )
 
 
@@ -144,6 +144,7 @@ def train(config=None, log=print, progress="auto", **overrides):
         + (f"P×K = {settings['classes_per_batch']}×{settings['images_per_class']}" if settings["batching"] == "pk"
            else f"repeated augmentation {settings['batch_size']}/{settings['repeats']}")
         + ("" if settings["antialias"] else ", plain-bilinear training resize")
+        + (", flip and colour in the model" if settings["flip_and_color_in_model"] else "")
         + f", learning rate {settings['learning_rate']:.3g}"
         + (f" ({settings['learning_rate_note']})" if settings.get("learning_rate_note") else "")
         + f", backend {keras.backend.backend()}, run {run_dir}")

@@ -152,14 +152,19 @@ def test_folded_colour_statistics_match_step_by_step_on_a_photo():
 
 
 def test_multigrain_colour_params_distribution():
-    p = augment.multigrain_color_params(tf.constant([7, 7]), 3000).numpy()
+    assert_multigrain_colour_params(augment.multigrain_color_params(tf.constant([7, 7]), 3000).numpy())
+
+
+def assert_multigrain_colour_params(p):
+    """`(N, 9)` colour parameters follow MultiGrain's distributions (N ~ 3000)."""
+    n = len(p)
     factors, order, alpha = p[:, :3], p[:, 3:6].astype(int), p[:, 6:]
     assert factors.min() >= 0.7 and factors.max() <= 1.3
     np.testing.assert_allclose(factors.mean(0), 1.0, atol=0.02)
     np.testing.assert_allclose(factors.std(0), 0.6 / np.sqrt(12), atol=0.01)  # U(0.7, 1.3)
     assert (np.sort(order, axis=1) == [0, 1, 2]).all()  # a permutation per image
     _, freq = np.unique(order, axis=0, return_counts=True)
-    assert len(freq) == 6 and freq.min() > 3000 / 6 * 0.8
+    assert len(freq) == 6 and freq.min() > n / 6 * 0.8
     np.testing.assert_allclose(alpha.std(0), 0.1, atol=0.01)
     np.testing.assert_allclose(alpha.mean(0), 0.0, atol=0.01)
 

@@ -21,9 +21,13 @@ def _stop_after_epoch(n, total):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["multigrain_tiny", "cgd_tiny"])
-def test_resumed_run_matches_the_uninterrupted_one(preset, tmp_path):
-    kw = dict(preset=preset, small=True, epochs=3, steps_per_epoch=3, export_dir=None, seed=5, recall_ks=(1,))
+@pytest.mark.parametrize("preset,extra", [("multigrain_tiny", {}), ("cgd_tiny", {}),
+                                          ("multigrain_tiny", {"flip_and_color_in_model": True})],
+                         ids=["multigrain_tiny", "cgd_tiny", "multigrain_tiny-flip_and_color_in_model"])
+def test_resumed_run_matches_the_uninterrupted_one(preset, extra, tmp_path):
+    # flip_and_color_in_model: the colour layer's random state travels through the checkpoint too
+    kw = dict(preset=preset, small=True, epochs=3, steps_per_epoch=3, export_dir=None, seed=5, recall_ks=(1,),
+              **extra)
     full = training.train(run_dir=str(tmp_path / "full"), log=None, progress=False, **kw)
 
     with pytest.raises(_Interrupt):

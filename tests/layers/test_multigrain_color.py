@@ -69,7 +69,7 @@ def test_training_only_float32_under_mixed_precision_and_new_draws_each_call():
     assert not np.array_equal(a, b)
 
 
-def test_a_model_with_it_predicts_as_one_without_and_keeps_its_random_state(tmp_path):
+def test_a_model_with_it_predicts_and_exports_as_one_without_and_keeps_its_random_state(tmp_path):
     kw = dict(num_classes=3, backbone="tiny_convnet", image_size=32, seed=4)
     with_layer = models.MultiGrainModel(flip_and_color=True, **kw)
     plain = models.MultiGrainModel(**kw)
@@ -78,6 +78,13 @@ def test_a_model_with_it_predicts_as_one_without_and_keeps_its_random_state(tmp_
     x = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(with_layer.predict(x, verbose=0)["embedding"], plain.predict(x, verbose=0)["embedding"],
                                rtol=1e-5, atol=1e-6)
+    import tensorflow as tf
+
+    from keras_cgd.export import export_saved_model
+
+    exported = tf.saved_model.load(export_saved_model(with_layer, str(tmp_path / "sm" / "mg")))
+    served = exported.signatures["serving_pixels"](images=tf.constant(x.astype("float32")))["embedding"].numpy()
+    np.testing.assert_allclose(served, plain.predict(x, verbose=0)["embedding"], rtol=1e-5, atol=1e-6)  # inert
     layer = with_layer.get_layer("flip_and_color")
     layer(x, training=True)  # advance its random state
     path = str(tmp_path / "m.keras")

@@ -124,8 +124,7 @@ def random_flip(image, seed):
 
 def _grayscale(image):
     # ITU-R 601-2 luma, as PIL / torchvision.
-    weights = tf.constant([0.299, 0.587, 0.114], tf.float32)
-    return tf.reduce_sum(image * weights, axis=-1, keepdims=True)
+    return gray3(image)[..., None]
 
 
 def color_jitter(image, seed, brightness=0.3, contrast=0.3, saturation=0.3, max_value=1.0):
@@ -244,7 +243,7 @@ def _folded_color_uint8_xla(images, params, lighting, flips):
     a, b, o, rgb = folded_coefficients(tf.reduce_mean(x, axis=[1, 2]), params, tf)
     scale = 1.0 / (1.0 + lighting)
     planes = [x[..., c] for c in range(3)]
-    gray = 0.299 * planes[0] + 0.587 * planes[1] + 0.114 * planes[2]
+    gray = gray3(x)  # from the same planes x[..., c]
     per_image = lambda v: v[:, None, None]  # noqa: E731
     outs = []
     for c, plane in enumerate(planes):
